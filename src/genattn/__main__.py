@@ -1,0 +1,3 @@
+from genattn.cli import main
+
+raise SystemExit(main())
