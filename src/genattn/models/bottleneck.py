@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.utils.checkpoint
 from torch import Tensor, nn
 from torchvision.ops import DeformConv2d
 
@@ -122,6 +123,8 @@ class Bottleneck(nn.Module):
         dcn_modulated: Use DCN v2 (with masks) instead of v1.
         attention: Factory ``channels -> nn.Module`` building the attention module, or None for none.
         attention_position: One of ``ATTENTION_POSITIONS``.
+        with_cp: Recompute the block in the backward pass instead of storing its activations (saves memory
+            when training, costs one extra forward; BatchNorm statistics in train mode are updated twice).
     """
 
     expansion = 4
@@ -140,6 +143,7 @@ class Bottleneck(nn.Module):
         dcn_modulated: bool = False,
         attention: Callable[[int], nn.Module] | None = None,
         attention_position: str = "after_conv2",
+        with_cp: bool = False,
     ) -> None:
         super().__init__()
         if attention_position not in ATTENTION_POSITIONS:
@@ -159,6 +163,7 @@ class Bottleneck(nn.Module):
         self.relu = nn.ReLU(inplace=True)
         self.downsample = downsample
         self.stride = stride
+        self.with_cp = with_cp
         self.attention_position = attention_position if attention is not None else None
         if attention is not None:
             # The attention runs on whatever tensor sits at its position: the 3x3 width after conv1/conv2,
@@ -175,6 +180,13 @@ class Bottleneck(nn.Module):
         Returns:
             ``[N, planes * 4, ceil(H / stride), ceil(W / stride)]``.
         """
+        # Non-reentrant checkpointing also works when x needs no gradient (e.g. behind frozen stages),
+        # where the block's own parameters still do.
+        if self.with_cp and torch.is_grad_enabled():
+            return torch.utils.checkpoint.checkpoint(self._forward, x, use_reentrant=False)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
         identity = x if self.downsample is None else self.downsample(x)
         out = self.relu(self.bn1(self.conv1(x)))
         if self.attention_position == "after_conv1":

@@ -78,6 +78,8 @@ class ResNet(nn.Module):
         norm_eval: Keep every BatchNorm in eval mode (running statistics frozen) even in ``train()``; their
             affine parameters stay trainable unless their stage is frozen.
         norm_layer: Normalisation layer class, called with the channel count (e.g. ``FrozenBatchNorm2d``).
+        with_cp: Activation checkpointing in every block (MMDetection's ``with_cp``): less training memory,
+            e.g. for the '1111' attention at full resolution, for about one more forward pass of time.
 
     Raises:
         ValueError: A wiring argument is malformed (its name is in the message).
@@ -99,6 +101,7 @@ class ResNet(nn.Module):
         frozen_stages: int = -1,
         norm_eval: bool = False,
         norm_layer: Callable[[int], nn.Module] = nn.BatchNorm2d,
+        with_cp: bool = False,
     ) -> None:
         super().__init__()
         if (isinstance(layers, (str, bytes)) or not isinstance(layers, Sequence) or len(layers) != 4
@@ -121,6 +124,7 @@ class ResNet(nn.Module):
         self.dcn_stages = dcn_stages
         self.frozen_stages = frozen_stages
         self.norm_eval = bool(norm_eval)
+        self.with_cp = bool(with_cp)
 
         if attention_cfg is not None and not isinstance(attention_cfg, dict):
             raise ValueError(f"attention_cfg must be a dict of GeneralizedAttention arguments, got {attention_cfg!r}")
@@ -174,7 +178,7 @@ class ResNet(nn.Module):
             # style='pytorch' projection: a strided 1x1 conv (torchvision's and MMDetection's default).
             downsample = nn.Sequential(nn.Conv2d(inplanes, out, 1, stride=stride, bias=False), norm_layer(out))
         kw = dict(width=width, groups=groups, norm_layer=norm_layer, dcn=dcn, dcn_modulated=dcn_modulated,
-                  attention=attention, attention_position=self.attention_position)
+                  attention=attention, attention_position=self.attention_position, with_cp=self.with_cp)
         return nn.Sequential(
             Bottleneck(inplanes, planes, stride, downsample, **kw),
             *(Bottleneck(out, planes, 1, None, **kw) for _ in range(blocks - 1)),
