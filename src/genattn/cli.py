@@ -71,7 +71,10 @@ def _add_model_options(p: argparse.ArgumentParser, *, checkpoint: bool = True) -
     p.add_argument("--image-size", type=_positive_int, nargs="+", metavar=("MIN", "MAX"),
                    help="resize images so the short side is MIN and the long side at most MAX "
                         "(default 800 1333; one value sets both)")
-    p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="other recipe fields of the model, e.g. --set model_kwargs.fpn_channels=64")
+    if checkpoint:
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
@@ -156,8 +159,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = add("convert", "convert an MMDetection checkpoint to genattn's format")
     p.add_argument("src", metavar="IN", help="MMDetection checkpoint (.pth)")
-    p.add_argument("dst", metavar="OUT", help="output file")
+    p.add_argument("dst", metavar="OUT", help="output file (a genattn checkpoint for --checkpoint)")
     p.add_argument("--model", help="model name (default: guessed from IN's file name)")
+    p.add_argument("--backbone", type=_json_dict, metavar="JSON", help="ResNet overrides (non-standard models)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="other recipe fields of the model")
 
     p = add("study", "train, test and bench several models; the seed's table as Markdown/CSV and a plot")
     p.add_argument("models", nargs="+", metavar="MODEL", help="model names")
@@ -166,6 +171,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image-size", type=_positive_int, nargs="+", metavar=("MIN", "MAX"), help="image size")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if available")
     p.add_argument("--bench-images", type=_positive_int, default=20, help="timed images per model (default 20)")
+    p.add_argument("--memory-steps", type=int, default=3, metavar="N",
+                   help="training steps of each memory measurement; 0 skips it (default 3)")
 
     p = add("demo", "the study on the built-in dataset, on a CPU in about 15 minutes (the main job)")
     p.add_argument("--work-dir", metavar="DIR", help="run directory (default runs/demo-TIMESTAMP)")
@@ -234,7 +241,8 @@ def _cmd_test(args) -> int:
 def _cmd_bench(args) -> int:
     from genattn import benchmark, inference
 
-    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, image_size=_image_size(args.image_size))
+    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, image_size=_image_size(args.image_size),
+                                      overrides=args.set)
     result = benchmark.benchmark(spec, checkpoint=args.checkpoint, device=args.device, num_images=args.images,
                                  warmup=args.warmup, input_size=tuple(args.input_size),
                                  memory_steps=args.memory_steps, batch_size=args.batch_size, threads=args.threads)
@@ -248,8 +256,9 @@ def _cmd_bench(args) -> int:
 def _cmd_detect(args) -> int:
     from genattn import inference, viz
 
-    model, spec = inference.load_model(args.model, checkpoint=args.checkpoint, backbone=args.backbone,
-                                   image_size=_image_size(args.image_size), device=args.device)
+    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, overrides=args.set)
+    model, spec = inference.load_model(spec, checkpoint=args.checkpoint, image_size=_image_size(args.image_size),
+                                       device=args.device)
     result = viz.detect_images(model, [Path(p) for p in args.images], Path(args.out), score_thr=args.score_thr)
     print(f"{sum(len(r['detections']) for r in result['images'])} detections in {len(args.images)} image(s); "
           f"wrote {result['json']} and {len(result['images'])} PNG(s) in {args.out}")
@@ -259,8 +268,9 @@ def _cmd_detect(args) -> int:
 def _cmd_attention(args) -> int:
     from genattn import inference, viz
 
-    model, spec = inference.load_model(args.model, checkpoint=args.checkpoint, backbone=args.backbone,
-                                   image_size=_image_size(args.image_size), device=args.device)
+    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, overrides=args.set)
+    model, spec = inference.load_model(spec, checkpoint=args.checkpoint, image_size=_image_size(args.image_size),
+                                       device=args.device)
     files = viz.attention_pictures(model, Path(args.image), tuple(args.point), Path(args.out))
     print(f"wrote {len(files)} PNG(s) in {args.out}: " + ", ".join(p.name for p in files))
     return EXIT_OK
@@ -269,7 +279,9 @@ def _cmd_attention(args) -> int:
 def _cmd_convert(args) -> int:
     from genattn import inference
 
-    out = inference.convert_checkpoint_file(args.src, args.dst, model=args.model)
+    model = args.model or inference.guess_model_name(args.src)
+    spec = inference.ModelSpec.create(model, backbone=args.backbone, overrides=args.set)
+    out = inference.convert_checkpoint_file(args.src, args.dst, model=spec)
     print(f"wrote {out}")
     return EXIT_OK
 
@@ -280,7 +292,7 @@ def _cmd_study(args) -> int:
     result = study.run_study(args.models, data=args.data, work_dir=args.work_dir,
                              recipe_changes=_recipe_changes(args), overrides=_overrides(args), tiny=args.tiny,
                              device=None if args.device in (None, "auto") else args.device,
-                             bench_images=args.bench_images)
+                             bench_images=args.bench_images, memory_steps=args.memory_steps)
     print(result["markdown"])
     print(f"run directory: {result['work_dir']}")
     return EXIT_OK

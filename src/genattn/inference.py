@@ -39,15 +39,25 @@ class ModelSpec:
 
     @classmethod
     def create(cls, name: str, *, backbone: dict | None = None, image_size: tuple[int, int] | None = None,
-               category_ids: Sequence[int] | None = None, class_names: Sequence[str] | None = None,
-               **recipe_fields: Any) -> "ModelSpec":
-        """A spec from a model name and optional overrides (``image_size`` = (min_size, max_size))."""
-        fields = dict(recipe_fields)
+               overrides: Sequence[str] = (), category_ids: Sequence[int] | None = None,
+               class_names: Sequence[str] | None = None) -> "ModelSpec":
+        """A spec from a model name and optional changes.
+
+        Args:
+            name: model name.
+            backbone: ResNet overrides, merged into the recipe's.
+            image_size: (min_size, max_size).
+            overrides: recipe ``key=value`` strings (:meth:`genattn.recipes.Recipe.replace`), e.g.
+                ``model_kwargs.fpn_channels=64``.
+            category_ids, class_names: the classes (default COCO's 80).
+        """
+        recipe = Recipe(model=name).replace(*overrides)
+        changes: dict[str, Any] = {}
         if backbone:
-            fields["backbone"] = backbone
+            changes["backbone"] = {**dict(recipe.backbone), **backbone}
         if image_size:
-            fields["min_size"], fields["max_size"] = image_size
-        return cls(Recipe(model=name, **fields), _tuple(category_ids), _tuple(class_names))
+            changes["min_size"], changes["max_size"] = image_size
+        return cls(recipe.replace(**changes), _tuple(category_ids), _tuple(class_names))
 
     @property
     def name(self) -> str:
@@ -116,24 +126,22 @@ def _read(path: str) -> dict[str, Any]:
 
 
 def load_model(spec: ModelSpec | str, *, checkpoint: str | os.PathLike | None = None,
-               backbone: dict | None = None, image_size: tuple[int, int] | None = None,
+               image_size: tuple[int, int] | None = None,
                device: str | torch.device | None = None) -> tuple[torch.nn.Module, ModelSpec]:
     """Build a model in eval mode, with weights from ``checkpoint`` if given.
 
     Args:
-        spec: a spec or a model name.
+        spec: a spec or a model name. A genattn checkpoint replaces it by the recipe and classes it holds
+            (only the name must agree).
         checkpoint: a genattn checkpoint (training or converted), an MMDetection checkpoint, or a URL.
-        backbone: ResNet overrides (ignored for genattn checkpoints, whose recipe fixes the architecture).
-        image_size: (min_size, max_size) of the model's resize; overrides the checkpoint's.
+        image_size: (min_size, max_size) of the model's resize; overrides the spec's and the checkpoint's.
         device: where to put the model (default: CUDA if available).
 
     Returns:
         The model and the spec it was built from.
     """
     if isinstance(spec, str):
-        spec = ModelSpec.create(spec, backbone=backbone)
-    elif backbone:
-        spec = spec.replace(backbone=backbone)
+        spec = ModelSpec.create(spec)
     state = None
     if checkpoint is not None and not re.match(r"^[a-z]+://", str(checkpoint)):
         state = _read(str(checkpoint))
@@ -173,11 +181,17 @@ def guess_model_name(path: str | os.PathLike) -> str:
     return match.group(1)
 
 
-def convert_checkpoint_file(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | None = None) -> Path:
+def convert_checkpoint_file(src: str | os.PathLike, dst: str | os.PathLike, *, model: str | ModelSpec | None = None
+                            ) -> Path:
     """Convert an MMDetection checkpoint file into a genattn checkpoint that ``--checkpoint`` accepts.
 
     Every key must be accounted for (``genattn.models.convert`` raises otherwise); the result loads strictly
     into the model. The output is written atomically.
+
+    Args:
+        src: the MMDetection checkpoint.
+        dst: the file to write.
+        model: the model name or spec (default: the name in ``src``'s file name, COCO classes).
 
     Returns:
         The path written.
@@ -187,8 +201,7 @@ def convert_checkpoint_file(src: str | os.PathLike, dst: str | os.PathLike, *, m
     src, dst = Path(src), Path(dst)
     if not src.is_file():
         raise FileNotFoundError(f"checkpoint not found: {src}")
-    name = model or guess_model_name(src)
-    spec = ModelSpec.create(name)
+    spec = model if isinstance(model, ModelSpec) else ModelSpec.create(model or guess_model_name(src))
     net = spec.build()
     state = convert_mmdet_checkpoint(_read(str(src)), net)
     net.load_state_dict(state, strict=True)

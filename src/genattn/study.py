@@ -177,7 +177,7 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
 
 def run_study(models: Sequence[str], *, data: str | Path, work_dir: str | Path | None = None,
               recipe_changes: dict[str, Any] | None = None, overrides: Sequence[str] = (), tiny: bool = False,
-              device: str | None = None, bench_images: int = 20) -> dict[str, Any]:
+              device: str | None = None, bench_images: int = 20, memory_steps: int = 3) -> dict[str, Any]:
     """``genattn study``: train, test and bench every model with the same recipe changes, then the table.
 
     Args:
@@ -189,6 +189,7 @@ def run_study(models: Sequence[str], *, data: str | Path, work_dir: str | Path |
         tiny: start from :func:`genattn.recipes.tiny_recipe` instead of the 1x recipe.
         device: cpu or cuda.
         bench_images: timed images per model.
+        memory_steps: training steps of each memory measurement (0 skips it).
 
     Returns:
         ``{'rows', 'files', 'markdown', 'work_dir'}``.
@@ -199,6 +200,7 @@ def run_study(models: Sequence[str], *, data: str | Path, work_dir: str | Path |
     work_dir = Path(work_dir or f"work_dirs/study-{time.strftime('%Y%m%d-%H%M%S')}")
     recipes = [(tiny_recipe if tiny else get_recipe)(name, *overrides).replace(**(recipe_changes or {}))
                for name in models]
-    rows = [study_model(r, root, work_dir / r.model, bench_images=bench_images, device=device) for r in recipes]
+    rows = [study_model(r, root, work_dir / r.model, bench_images=bench_images, device=device,
+                        memory_steps=memory_steps) for r in recipes]
     files = write_table(rows, work_dir, title=f"genattn study on {root}")
     return {"rows": rows, "files": files, "markdown": files["markdown"].read_text(), "work_dir": work_dir}

@@ -50,7 +50,7 @@ def _font(size: int = 11) -> ImageFont.ImageFont:
 
 
 def draw_detections(image: Image.Image, detection: dict[str, Any], names: dict[int, str], *,
-                    score_thr: float = 0.3) -> Image.Image:
+                    score_thr: float = 0.3, scale: float = 1.0) -> Image.Image:
     """Draw boxes, class names and scores on a copy of ``image``.
 
     Args:
@@ -58,8 +58,10 @@ def draw_detections(image: Image.Image, detection: dict[str, Any], names: dict[i
         detection: ``{'boxes': [D, 4] xyxy, 'scores': [D], 'labels': [D] category ids}`` (tensors or lists).
         names: category id -> class name.
         score_thr: detections with a lower score are not drawn.
+        scale: enlarge the picture by this factor first (small images would leave no room for labels).
     """
-    out = image.copy()
+    out = image.copy() if scale == 1 else image.resize((round(image.width * scale), round(image.height * scale)),
+                                                        Image.BILINEAR)
     draw = ImageDraw.Draw(out)
     font = _font(max(10, min(out.size) // 24))
     boxes, scores, labels = (torch.as_tensor(detection[k]).tolist() for k in ("boxes", "scores", "labels"))
@@ -69,7 +71,7 @@ def draw_detections(image: Image.Image, detection: dict[str, Any], names: dict[i
             continue
         label = int(labels[i])
         colour = _PALETTE[label % len(_PALETTE)]
-        x0, y0, x1, y1 = boxes[i]
+        x0, y0, x1, y1 = (v * scale for v in boxes[i])
         draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, min(out.size) // 160 + 1))
         text = f"{names.get(label, str(label))} {scores[i]:.2f}"
         tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
@@ -90,7 +92,7 @@ def detect_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path, 
                   score_thr: float = 0.3) -> dict[str, Any]:
     """Run ``model`` on image files; write ``detections.json`` and ``<stem>_det.png`` per image in ``out_dir``.
 
-    The JSON is a COCO results list (``image_id`` = position in ``paths``, ``file_name``, ``category_id``,
+    Pictures of images smaller than 512 pixels are enlarged by an integer factor. The JSON is a COCO results list (``image_id`` = position in ``paths``, ``file_name``, ``category_id``,
     ``bbox`` [x, y, w, h], ``score``) holding every detection the model returned.
 
     Returns:
@@ -113,7 +115,8 @@ def detect_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path, 
                             "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
                             "score": round(float(score), 4)})
         png = out_dir / f"{Path(path).stem}_det.png"
-        draw_detections(pil, det, names, score_thr=score_thr).save(png)
+        scale = max(1, 512 // max(pil.size))  # enlarge small images so that labels stay readable
+        draw_detections(pil, det, names, score_thr=score_thr, scale=scale).save(png)
         results.extend(entries)
         per_image.append({"file": str(path), "png": png, "detections": entries})
     json_path = out_dir / "detections.json"
