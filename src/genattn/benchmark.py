@@ -28,7 +28,7 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-__all__ = ["benchmark", "inference_speed", "training_memory", "format_result", "device_name"]
+__all__ = ["benchmark", "inference_speed", "training_memory", "training_step_time", "format_result", "device_name"]
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -47,7 +47,12 @@ def device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
     cpu = platform.processor() or platform.machine()
-    return f"CPU {cpu}, {torch.get_num_threads()} threads"
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
 
 
 def _sync(device: torch.device) -> None:
@@ -115,6 +120,26 @@ def _train_steps(model: torch.nn.Module, device: torch.device, *, steps: int, ba
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+
+
+def training_step_time(spec, *, steps: int = 4, warmup: int = 1, batch_size: int = 2,
+                       input_size: tuple[int, int] = (480, 640), device: str | torch.device | None = None) -> float:
+    """Median wall time of one SGD step (random images and boxes) of a freshly built model, in seconds.
+
+    Used to size a run to a time budget (``genattn demo``); ``warmup`` untimed steps come first.
+    """
+    dev = _device(device)
+    torch.manual_seed(0)
+    model = spec.build().to(dev)
+    _train_steps(model, dev, steps=warmup, batch_size=batch_size, input_size=input_size)
+    times = []
+    for _ in range(steps):
+        _sync(dev)
+        start = time.perf_counter()
+        _train_steps(model, dev, steps=1, batch_size=batch_size, input_size=input_size)
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 def _status_kib(field: str) -> int:

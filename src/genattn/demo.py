@@ -26,8 +26,12 @@ DEMO_MODELS = ("faster_rcnn_r50_fpn_1x_coco", "faster_rcnn_r50_fpn_attention_001
                "faster_rcnn_r50_fpn_attention_1111_1x_coco")
 DEMO_DCN_MODELS = ("faster_rcnn_r50_fpn_attention_0010_dcn_1x_coco", "faster_rcnn_r50_fpn_attention_1111_dcn_1x_coco")
 
-#: Training iterations per model (batch 8 of 128 px images) in the default demo.
-DEMO_ITERS = 400
+#: Training time of all the default demo's models together; the iterations per model are sized to it by
+#: timing a few training steps of the slowest model ('1111') first.
+TRAIN_BUDGET_S = 11.5 * 60
+#: Bounds on the calibrated iterations per model (batch 8 of 128 px images).
+MIN_ITERS, MAX_ITERS = 200, 1000
+DEMO_ITERS = 500  # the recipe's default when no calibration is done
 #: A ResNet small enough to train from scratch on a CPU in minutes.
 DEMO_BACKBONE = {"layers": (1, 1, 1, 1), "base_width": 16, "stem_width": 16, "frozen_stages": -1,
                  "norm_eval": False}
@@ -58,6 +62,24 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
+def _calibrate(recipe: Recipe, data) -> int:
+    """Iterations per model that fit the default models' training into :data:`TRAIN_BUDGET_S` on this machine."""
+    from genattn.benchmark import training_step_time
+    from genattn.inference import ModelSpec
+    from genattn.study import _class_info
+
+    _say(f"timing a few training steps of {recipe.model} to size the schedule to this machine ...")
+    ids, names = _class_info(data.val_ann)
+    step = training_step_time(ModelSpec(recipe, ids, names), steps=4, warmup=1, batch_size=recipe.imgs_per_gpu,
+                              input_size=(recipe.min_size, recipe.max_size), device="cpu")
+    # '1111' is the slowest of the three; the others take about as long, so a third of the budget each.
+    iters = int(TRAIN_BUDGET_S / len(DEMO_MODELS) / step)
+    clamped = min(max(iters, MIN_ITERS), MAX_ITERS)
+    _say(f"{step:.2f} s per training step -> {clamped} iterations per model"
+         + (f" (clamped from {iters})" if clamped != iters else ""))
+    return clamped
+
+
 def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: int | None = None,
              quick: bool = False, threads: int | None = None) -> dict[str, Any]:
     """Run the demo; prints progress, the table and the run directory.
@@ -65,7 +87,8 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
     Args:
         work_dir: run directory (default ``runs/demo-TIMESTAMP``).
         dcn: also train the DCN variants of '0010' and '1111'.
-        iters: training iterations per model (default :data:`DEMO_ITERS`).
+        iters: training iterations per model (default: sized so that the three default models train in about
+            :data:`TRAIN_BUDGET_S` seconds on this machine, within :data:`MIN_ITERS`..:data:`MAX_ITERS`).
         quick: a smoke run for tests: a tiny dataset and model, 64 px images, 2 iterations, 2 timed images, no
             memory measurement.
         threads: CPU threads (default: torch's setting).
@@ -91,8 +114,11 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
         num_train = len(json.load(f)["images"])
     _say(f"dataset: {data.root} ({num_train} training images)")
     models = DEMO_MODELS + (DEMO_DCN_MODELS if dcn else ())
-    iters = iters or (2 if quick else DEMO_ITERS)
     image_size = 64 if quick else 128
+    if iters is None and quick:
+        iters = 2
+    elif iters is None:
+        iters = _calibrate(demo_recipe(DEMO_MODELS[-1], image_size=image_size, num_train=num_train), data)
     recipes = [demo_recipe(m, iters=iters, image_size=image_size, num_train=num_train,
                            batch_size=2 if quick else 8, quick=quick) for m in models]
     bench_images = 2 if quick else 20
@@ -110,7 +136,7 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
              f"{row['Mem (GB)']} GB, trained in {row['train_s']:.0f} s")
         rows.append(row)
     files = study.write_table(rows, work_dir, title=f"genattn demo: {num_train} shapes images, {image_size} px, "
-                              f"{iters} iterations per model, CPU ({rows[0]['device']}); untrained box AP "
+                              f"{iters} iterations per model, {rows[0]['device']}; untrained box AP "
                               f"{100 * untrained:.1f}")
 
     # Pictures of the last attention model: its detections and where one object's centre attends.

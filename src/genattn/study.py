@@ -64,6 +64,13 @@ def _split_files(root: Path, recipe: Recipe, split: str) -> tuple[Path, Path]:
     return root / split, root / "annotations" / f"instances_{split}.json"
 
 
+def _class_info(ann_file: Path) -> tuple[tuple[int, ...], tuple[str, ...]]:
+    """Category ids and names of an annotation file, in id order."""
+    with open(ann_file) as f:
+        cats = sorted(json.load(f)["categories"], key=lambda c: c["id"])
+    return tuple(c["id"] for c in cats), tuple(c["name"] for c in cats)
+
+
 def _val_images(root: Path, recipe: Recipe, count: int) -> list[torch.Tensor]:
     """The first ``count`` validation images, for timing on real content."""
     from genattn.viz import load_image
@@ -157,14 +164,18 @@ def _plot(rows: Sequence[dict[str, Any]], path: Path, title: str) -> None:
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
     for ax, key, label in ((axes[0], "fps", "inference speed (fps, batch 1)"),
                            (axes[1], "mem_gb", "peak training memory (GB)")):
+        shown = 0
         for r in rows:
             x, y = r.get(key), r.get("box_ap")
             if x is None or y is None or x != x:
                 continue
+            shown += 1
             tag = r["Attention Component"] + ("+DCN" if r["DCN"] == "Y" else "")
             tag = "baseline" if tag == "-" else ("DCN" if tag == "-+DCN" else tag)
             ax.scatter([x], [100 * y], s=40)
             ax.annotate(tag, (x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=9)
+        if not shown:
+            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
         ax.set_xlabel(label)
         ax.set_ylabel("box AP")
         ax.grid(alpha=0.3)
