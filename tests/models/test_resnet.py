@@ -351,3 +351,19 @@ def test_bad_wiring_raises_value_error_naming_the_argument(kwargs, name):
     kwargs = {"layers": (1, 1, 1, 1), **TINY, **kwargs}
     with pytest.raises(ValueError, match=name):
         ResNet(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_with_dcn_and_attention():
+    model = tiny(dcn_stages=S234, dcn_modulated=True, attention_stages=S34, attention_cfg=TINY_ATTN).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # non-zero offsets, masks and gamma so every path is exercised
+            p.add_(0.01 * torch.randn_like(p))
+        x = torch.randn(2, 3, 64, 96)
+        cpu = model(x)
+        gpu = model.cuda()(x.cuda())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            amp = model(x.cuda())
+    for a, b, c in zip(cpu, gpu, amp):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-3)
+        assert torch.isfinite(c.float()).all()
