@@ -37,7 +37,7 @@ WIRINGS = {
 
 
 @pytest.mark.parametrize("name", list(WIRINGS))
-@pytest.mark.parametrize("size", [(32, 32), (50, 70)])
+@pytest.mark.parametrize("size", [(50, 70)])  # not multiples of 32: every stride rounds up
 def test_feature_shapes_and_strides(name, size):
     model = tiny(layers=(1, 2, 1, 1), **WIRINGS[name]).eval()
     h, w = size
