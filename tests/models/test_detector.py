@@ -120,3 +120,16 @@ def test_rpn_proposal_counts(tiny_model, batch):
     for p, (h, w) in zip(proposals, batch.image_sizes):
         assert 0 < p.shape[0] <= 7
         assert p[:, 0::2].max() <= w and p[:, 1::2].max() <= h and p.min() >= 0
+
+
+def test_autocast_bfloat16_step_keeps_box_arithmetic_in_float32(tiny_model, batch):
+    model = tiny_model().train()
+    images, targets = batch
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+    assert all(v.dtype == torch.float32 and torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(images)
+    assert all(d["boxes"].dtype == torch.float32 for d in out)
