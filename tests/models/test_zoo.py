@@ -21,6 +21,7 @@ def test_names_and_records():
     assert m.hash_prefix == "403cccba" and m.url.endswith("_20200130-403cccba.pth")
     assert MODELS["faster_rcnn_r50_fpn_attention_0010_dcn_1x_coco"].hash_prefix == "1a2e831d"
     assert MODELS["faster_rcnn_r50_fpn_1x_coco"].box_ap == 37.4
+    assert all(m.url.endswith(f"-{m.hash_prefix}.pth") for m in MODELS.values())
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.box_ap = 0.0
     assert len(COCO_CATEGORY_IDS) == len(COCO_CLASS_NAMES) == 80 and COCO_CATEGORY_IDS[-1] == 90
@@ -105,7 +106,7 @@ def test_wrong_hash_is_an_error_and_leaves_no_file(fake_hub, tiny_kwargs):
     assert calls == [MODELS[name].url]
     assert list((hub / "checkpoints").iterdir()) == []
     with pytest.raises(ValueError, match="no released checkpoint"):
-        get_model("faster_rcnn_r50_fpn_1x_coco", weights="DEFAULT", **tiny_kwargs)
+        get_model("faster_rcnn_r50_fpn_attention_0100_1x_coco", weights="DEFAULT", **tiny_kwargs)
 
 
 def test_download_without_hash_in_name(fake_hub):

@@ -50,7 +50,8 @@ class FPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """``[C2..C5]`` (``[N, C_l, H/s_l, W/s_l]``) -> ``num_outs`` maps ``[N, out_channels, ., .]``, fine to coarse."""
+        """``[C2..C5]`` (``[N, C_l, H/s_l, W/s_l]``) -> ``num_outs`` maps ``[N, out_channels, H_l, W_l]``,
+        fine to coarse."""
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, features)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],

@@ -56,6 +56,7 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
 """COCO category id of each of the 80 classes, in the same order."""
 
 _S3 = "https://open-mmlab.s3.ap-northeast-2.amazonaws.com/mmdetection/v2.0/empirical_attention/"
+_MMDET = "https://download.openmmlab.com/mmdetection/v2.0/"
 _NAME_RE = re.compile(r"^faster_rcnn_r50_fpn_attention_([01]{4})(_dcn)?_1x_coco$")
 _PLAIN = "faster_rcnn_r50_fpn_1x_coco"
 _DCN = "faster_rcnn_r50_fpn_dconv_c3-c5_1x_coco"
@@ -99,8 +100,10 @@ MODELS: dict[str, ModelInfo] = {
         _released("0010", False, 39.1, 4.2, 17.0, "20200130-7cb0c14d"),
         _released("1111", True, 42.1, 8.0, 5.4, "20200130-8b2523a6"),
         _released("0010", True, 42.0, 4.2, 15.7, "20200130-1a2e831d"),
-        ModelInfo(_PLAIN, None, False, 37.4, 4.0, 21.4),
-        ModelInfo(_DCN, None, True, 41.3),
+        # The two reference points' checkpoints are MMDetection's own (faster_rcnn/ and dcn/ model zoo pages).
+        ModelInfo(_PLAIN, None, False, 37.4, 4.0, 21.4,
+                  f"{_MMDET}faster_rcnn/{_PLAIN}/{_PLAIN}_20200130-047c8118.pth", "047c8118"),
+        ModelInfo(_DCN, None, True, 41.3, None, None, f"{_MMDET}dcn/{_DCN}/{_DCN}_20200130-d68aed1e.pth", "d68aed1e"),
     )
 }
 """The six named models with the seed's figures; other attention types are built from the name pattern."""
