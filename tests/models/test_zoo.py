@@ -121,3 +121,14 @@ def test_local_weights_path(tmp_path, tiny_kwargs):
     path.write_bytes(_checkpoint_bytes(src))
     model = get_model("faster_rcnn_r50_fpn_1x_coco", weights=str(path), **tiny_kwargs)
     assert torch.equal(model.roi_head.bbox_head.fc_cls.weight, src.roi_head.bbox_head.fc_cls.weight)
+
+
+def test_pretrained_backbone_from_local_file(tmp_path, tiny_kwargs):
+    from genattn.models.resnet import ResNet
+
+    torch.manual_seed(3)
+    src = ResNet(**tiny_kwargs["backbone"])
+    path = tmp_path / "resnet_tiny.pth"
+    torch.save({**src.state_dict(), "fc.weight": torch.zeros(10, 128), "fc.bias": torch.zeros(10)}, path)
+    model = get_model("faster_rcnn_r50_fpn_attention_0010_1x_coco", pretrained_backbone=str(path), **tiny_kwargs)
+    assert torch.equal(model.backbone.layer2[0].conv2.weight, src.layer2[0].conv2.weight)
