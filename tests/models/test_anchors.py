@@ -75,6 +75,7 @@ def test_decode_clamps_both_sides_and_clips():
     torch.testing.assert_close(clipped, torch.tensor([[0.0, 100, 200, 116]]))
     # Several classes at once: [N, 4k] deltas give [N, 4k] boxes.
     assert coder.decode(box, torch.zeros(1, 12)).shape == (1, 12)
+    assert coder.decode(box[:0], torch.zeros(0, 12)).shape == (0, 12)  # no proposals at all
 
 
 def test_max_iou_assign_thresholds_and_low_quality():

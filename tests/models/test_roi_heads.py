@@ -78,3 +78,13 @@ def test_detection_background_last_and_nms():
     assert d["labels"].tolist() == [1, 1]  # the two overlapping proposals collapse to one
     boxes = sorted(d["boxes"].tolist())
     assert boxes[0] == pytest.approx([2.0, 8.0, 15.0, 60.0])  # divided by (w_scale, h_scale) before NMS
+
+
+def test_no_proposals_give_no_detections_and_zero_losses():
+    head = _tiny_roi_head()
+    feats = [torch.rand(1, 4, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
+    dets, _ = head.eval()(feats, [torch.zeros(0, 4)], [(64, 64)])
+    assert dets[0]["boxes"].shape == (0, 4) and dets[0]["labels"].shape == (0,)
+    _, losses = head.train()(feats, [torch.zeros(0, 4)], [(64, 64)],
+                             [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
+    assert losses["loss_cls"].item() == 0 and losses["loss_bbox"].item() == 0
