@@ -132,3 +132,17 @@ def test_pretrained_backbone_from_local_file(tmp_path, tiny_kwargs):
     torch.save({**src.state_dict(), "fc.weight": torch.zeros(10, 128), "fc.bias": torch.zeros(10)}, path)
     model = get_model("faster_rcnn_r50_fpn_attention_0010_1x_coco", pretrained_backbone=str(path), **tiny_kwargs)
     assert torch.equal(model.backbone.layer2[0].conv2.weight, src.layer2[0].conv2.weight)
+
+
+def test_pretrained_backbone_from_url(fake_hub, tiny_kwargs):
+    from genattn.models.resnet import ResNet
+
+    served, calls, _ = fake_hub
+    torch.manual_seed(4)
+    src = ResNet(**tiny_kwargs["backbone"])
+    buf = io.BytesIO()
+    torch.save(src.state_dict(), buf)
+    url = f"https://example.org/resnet_tiny-{hashlib.sha256(buf.getvalue()).hexdigest()[:8]}.pth"
+    served[url] = buf.getvalue()
+    model = get_model("faster_rcnn_r50_fpn_1x_coco", pretrained_backbone=url, **tiny_kwargs)
+    assert calls == [url] and torch.equal(model.backbone.conv1.weight, src.conv1.weight)

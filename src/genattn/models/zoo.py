@@ -187,8 +187,9 @@ def get_model(
         min_size, max_size: Short / long side limits of the resize (800, 1333).
         backbone: Overrides of the :class:`~genattn.models.resnet.ResNet` arguments, e.g.
             ``{'layers': (1, 1, 1, 1), 'base_width': 16, 'stem_width': 16}`` for a tiny CPU model.
-        pretrained_backbone: ImageNet initialisation: a local torchvision ResNet state dict, or ``'torchvision'``
-            to download torchvision's ResNet-50 weights. Ignored if ``weights`` is given.
+        pretrained_backbone: ImageNet initialisation: ``'torchvision'`` (torchvision's ResNet-50/101 V1 weights,
+            downloaded through torchvision), or a local file or URL of a torchvision ResNet state dict. Ignored if
+            ``weights`` is given.
         **detector_kwargs: Passed to :func:`build_faster_rcnn` (``fpn_channels``, ``representation_size``,
             ``rpn_*`` / ``box_*`` settings).
 
@@ -218,7 +219,10 @@ def get_model(
     if pretrained_backbone is not None and weights is None:
         from genattn.models.imagenet import load_imagenet_weights  # only needed here
 
-        load_imagenet_weights(resnet, None if pretrained_backbone == "torchvision" else pretrained_backbone)
+        source = None if pretrained_backbone == "torchvision" else pretrained_backbone
+        if source is not None and re.match(r"^https?://", source):
+            source = download_checkpoint(source)
+        load_imagenet_weights(resnet, source)
     model = build_faster_rcnn(resnet, num_classes, category_ids, class_names, min_size=min_size,
                               max_size=max_size, **detector_kwargs)
     if weights is not None:
