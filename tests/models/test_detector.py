@@ -133,3 +133,12 @@ def test_autocast_bfloat16_step_keeps_box_arithmetic_in_float32(tiny_model, batc
     with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
         out = model(images)
     assert all(d["boxes"].dtype == torch.float32 for d in out)
+
+
+def test_zero_size_and_outside_boxes_are_ignored(tiny_model, batch):
+    model = tiny_model().train()
+    images, _ = batch
+    targets = [{"boxes": torch.tensor([[5.0, 5.0, 5.0, 30.0], [90.0, 70.0, 95.0, 80.0]]),  # empty; outside
+                "labels": torch.tensor([1, 2])}] * 2
+    losses = model(images, targets)
+    assert losses["loss_bbox"].item() == 0 and all(torch.isfinite(v) for v in losses.values())

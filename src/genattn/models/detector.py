@@ -86,6 +86,13 @@ def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> Non
             raise ValueError(f"targets[{i}]: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
 
 
+def _drop_empty_boxes(target: dict[str, Tensor]) -> dict[str, Tensor]:
+    # A zero-size box (given so, or clipped to nothing by the resize) cannot be matched: its IoU with itself is 0/0.
+    b = target["boxes"]
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return dict(target, boxes=b[keep], labels=target["labels"][keep])
+
+
 class FasterRCNN(nn.Module):
     """Faster R-CNN with FPN (MMDetection's ``FasterRCNN`` + ``FPN`` + ``RPNHead`` + ``StandardRoIHead``).
 
@@ -157,10 +164,7 @@ class FasterRCNN(nn.Module):
             targets = self._to_indices(targets)
         batch, targets = self.transform(images, targets if self.training else None)
         if targets is not None:
-            # Boxes clipped to nothing by the resize (or given with zero size) cannot be matched: IoU is 0/0.
-            targets = [dict(t, boxes=t["boxes"][k], labels=t["labels"][k])
-                       for t in targets
-                       for k in [(t["boxes"][:, 2] > t["boxes"][:, 0]) & (t["boxes"][:, 3] > t["boxes"][:, 1])]]
+            targets = [_drop_empty_boxes(t) for t in targets]
         features = self.neck(self.backbone(batch.tensors))
         proposals, rpn_losses = self.rpn_head(features, batch.image_sizes, targets)
         scale_factors = [batch.scale_factors(i) for i in range(len(images))]
