@@ -88,3 +88,20 @@ def test_no_proposals_give_no_detections_and_zero_losses():
     _, losses = head.train()(feats, [torch.zeros(0, 4)], [(64, 64)],
                              [{"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)}])
     assert losses["loss_cls"].item() == 0 and losses["loss_bbox"].item() == 0
+
+
+def test_duplicate_ground_truth_keeps_its_own_label():
+    torch.manual_seed(0)
+    head = _tiny_roi_head().train()
+    for p in head.bbox_head.parameters():
+        torch.nn.init.zeros_(p)
+    logits = torch.tensor([5.0, 0.0, 3.0, 0.0])
+    with torch.no_grad():
+        head.bbox_head.fc_cls.bias[:] = logits
+    feats = [torch.rand(1, 4, 64 // s, 64 // s) for s in (4, 8, 16, 32)]
+    box = torch.tensor([[4.0, 4.0, 30.0, 30.0]])
+    # Two identical boxes labelled 0 and 2 and no proposals: each RoI is a positive of its own box and label.
+    _, losses = head(feats, [torch.zeros(0, 4)], [(64, 64)],
+                     [{"boxes": box.repeat(2, 1), "labels": torch.tensor([0, 2])}])
+    log_p = torch.log_softmax(logits, 0)
+    torch.testing.assert_close(losses["loss_cls"], -(log_p[0] + log_p[2]) / 2)

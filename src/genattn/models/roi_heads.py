@@ -115,7 +115,7 @@ class RoIHead(nn.Module):
         bbox_head: The box head.
         fg_iou_thresh, bg_iou_thresh: RoI assignment (0.5, 0.5; no low-quality matches).
         batch_size_per_image, positive_fraction: RoI sampling (512, 0.25); ground truth is added as proposals.
-        bbox_reg_weights: Coder stds (0.1, 0.1, 0.2, 0.2) — torchvision's weights (10, 10, 5, 5) inverted.
+        bbox_reg_stds: Coder stds (0.1, 0.1, 0.2, 0.2), the inverse of torchvision's weights (10, 10, 5, 5).
         score_thresh: Test score threshold (> 0.05).
         nms_thresh: Class-wise NMS IoU (0.5).
         detections_per_img: At most this many detections (100).
@@ -194,6 +194,9 @@ class RoIHead(nn.Module):
             cand = torch.cat([gt, props])  # ground truth first, as MMDetection's add_gt_as_proposals
             lab, idx = max_iou_assign(box_iou(gt, cand), self.fg_iou_thresh, self.bg_iou_thresh,
                                       self.fg_iou_thresh, False)
+            # Each added ground truth is a positive of itself (MMDetection's add_gt_), even if it duplicates another.
+            lab[: gt.shape[0]] = 1
+            idx[: gt.shape[0]] = torch.arange(gt.shape[0], device=idx.device)
             assigned.append((lab, idx))
             sampled_boxes.append(cand)
             gt_boxes.append(gt)
