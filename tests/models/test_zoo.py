@@ -146,3 +146,10 @@ def test_pretrained_backbone_from_url(fake_hub, tiny_kwargs):
     served[url] = buf.getvalue()
     model = get_model("faster_rcnn_r50_fpn_1x_coco", pretrained_backbone=url, **tiny_kwargs)
     assert calls == [url] and torch.equal(model.backbone.conv1.weight, src.conv1.weight)
+
+
+def test_failed_download_is_one_line(fake_hub):
+    served, _, hub = fake_hub
+    with pytest.raises(RuntimeError, match=r"checkpoint missing-0123abcd\.pth: download from .* failed") as err:
+        download_checkpoint("https://example.org/missing-0123abcd.pth")  # not served: KeyError in the fake
+    assert "\n" not in str(err.value) and list((hub / "checkpoints").iterdir()) == []

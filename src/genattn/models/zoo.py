@@ -252,7 +252,11 @@ def download_checkpoint(url: str, hash_prefix: str | None = None, *, progress: b
         return dst
     tmp = f"{dst}.{os.getpid()}.partial"
     try:
-        torch.hub.download_url_to_file(url, tmp, None, progress=progress)
+        try:
+            torch.hub.download_url_to_file(url, tmp, None, progress=progress)
+        except Exception as e:  # URLError, HTTPError, timeouts...: one line naming the file
+            raise RuntimeError(f"checkpoint {filename}: download from {url} failed: "
+                               f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
         if hash_prefix is not None:
             sha = hashlib.sha256()
             with open(tmp, "rb") as f:
