@@ -24,10 +24,13 @@ def test_every_named_model_trains_a_step_tiny(name, tiny_kwargs, batch):
 
 
 @pytest.mark.slow
-def test_full_resnet50_attention_dcn_model_trains_and_detects(batch):
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_every_named_full_resnet50_model_trains_and_detects(name, batch):
+    """The real R-50 models, run on 64 px images."""
     torch.manual_seed(0)
-    model = get_model("faster_rcnn_r50_fpn_attention_1111_dcn_1x_coco", min_size=64, max_size=64)
-    assert model.backbone.layer3[0].gen_attention_block is not None
+    model = get_model(name, min_size=64, max_size=64)
+    assert hasattr(model.backbone.layer3[0], "gen_attention_block") == (MODELS[name].attention_type is not None)
+    assert hasattr(model.backbone.layer2[0].conv2, "conv_offset") == MODELS[name].dcn
     assert not any(p.requires_grad for p in model.backbone.layer1.parameters())  # frozen_stages=1
     images, targets = batch
     losses = model.train()(images[:1], targets[:1])
