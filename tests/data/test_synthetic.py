@@ -78,3 +78,12 @@ def test_bad_arguments(tmp_path):
     ensure_shapes_dataset(tmp_path / "d", seed=0, **SMALL)
     with pytest.raises(ValueError, match="other parameters|generated with"):
         ensure_shapes_dataset(tmp_path / "d", seed=5, **SMALL)
+
+
+def test_cache_of_an_older_revision_is_regenerated(tmp_path, monkeypatch):
+    monkeypatch.setenv("GENATTN_CACHE", str(tmp_path))
+    paths = ensure_shapes_dataset(**SMALL)
+    marker = json.loads((paths.root / "COMPLETE").read_text())
+    (paths.root / "COMPLETE").write_text(json.dumps({**marker, "revision": 1}))
+    assert ensure_shapes_dataset(**SMALL) == paths
+    assert json.loads((paths.root / "COMPLETE").read_text()) == marker

@@ -32,6 +32,7 @@ __all__ = ["CLASS_NAMES", "ShapesPaths", "ensure_shapes_dataset", "default_cache
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
 VERSION = "shapes-v1"
+_REVISION = 2  # of the drawing code; a cached dataset of another revision is regenerated
 _MARKER = "COMPLETE"
 _DEFAULTS = {"seed": 0, "num_train": 480, "num_val": 120, "image_size": 128}
 _SPLIT_KEYS = {"train": 0, "val": 1}
@@ -84,14 +85,18 @@ def ensure_shapes_dataset(root: str | os.PathLike | None = None, *, seed: int = 
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"seed must be a non-negative integer, got {seed!r}")
-    params = {"version": VERSION, "seed": seed, "num_train": num_train, "num_val": num_val,
+    params = {"version": VERSION, "revision": _REVISION, "seed": seed, "num_train": num_train, "num_val": num_val,
               "image_size": image_size}
+    in_cache = root is None
     if root is None:
         is_default = all(params[k] == v for k, v in _DEFAULTS.items())
         name = VERSION if is_default else f"{VERSION}-s{seed}-n{num_train}-{num_val}-p{image_size}"
         root = default_cache_dir() / name
     root = Path(root).expanduser()
     found = _read_marker(root)
+    if found is not None and found != params and in_cache:
+        shutil.rmtree(root)  # our cache, from an older revision of this module
+        found = None
     if found is not None:
         if found != params:
             raise ValueError(f"{root} holds a shapes dataset generated with {found}, not {params}; "
@@ -258,7 +263,8 @@ def generate_image(rng: np.random.Generator, size: int) -> tuple[Image.Image, li
     for _ in range(int(rng.integers(1, 5))):
         for _attempt in range(10):
             label = int(rng.integers(0, len(CLASS_NAMES)))
-            radius = rng.uniform(0.07, 0.24) * size
+            # 23-67 px across at 128 px: large enough for the detectors' smallest anchors (32 px at stride 4).
+            radius = rng.uniform(0.09, 0.26) * size
             outline, area = _shape_outline(label, radius, rng.uniform(0, 2 * math.pi))
             lo, hi = outline.min(0), outline.max(0)
             if CLASS_NAMES[label] in ("circle", "ring"):
