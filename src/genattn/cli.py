@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Sequence
@@ -194,6 +195,11 @@ def _image_size(values: Sequence[int] | None) -> tuple[int, int] | None:
     return (values[0], values[-1])
 
 
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it); only rank 0 prints results."""
+    return int(os.environ.get("RANK", "0"))
+
+
 def _recipe_changes(args) -> dict:
     """Recipe fields set by dedicated flags (``--set`` strings are applied separately, first)."""
     flags = {"epochs": "epochs", "max_iters": "max_iters", "batch_size": "imgs_per_gpu", "workers": "workers",
@@ -228,7 +234,8 @@ def _cmd_train(args) -> int:
     summary = {"work_dir": str(result["work_dir"]), "checkpoint": str(result["checkpoint"]),
                "epoch": result["epoch"], "iter": result["iter"],
                **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}}
-    print(json.dumps(summary))
+    if _rank() == 0:
+        print(json.dumps(summary))
     return EXIT_OK
 
 
@@ -238,7 +245,8 @@ def _cmd_test(args) -> int:
 
     metrics = test(args.checkpoint, model_name=args.model, data_root=data_root(args.data), ann_file=args.ann,
                    out_file=args.out, workers=args.workers, device=args.device)
-    print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}))
+    if _rank() == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}))
     return EXIT_OK
 
 
