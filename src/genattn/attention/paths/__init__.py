@@ -1,0 +1,75 @@
+"""Computation paths of the attention core and the automatic choice between them.
+
+Every path maps the decomposed terms (``genattn.attention.terms.Terms``) to the attention output
+``[N, h, Nq, dv]`` (``[N, h, 1, dv]`` for ``key_only``) and gives the same result up to rounding.
+
+``'auto'`` picks ``key_only`` for '0010' without a window, ``separable`` for '0001', FlexAttention on CUDA with
+Triton, and otherwise ``sdpa`` (on a 2-core CPU it measured faster than ``chunked`` in forward and
+forward+backward at the ResNet-50 stage-3/4 shapes, with similar memory; see ``benchmarks/attention.py``).
+An empty batch takes ``materialize``, which handles it trivially.
+"""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from genattn.attention.paths.chunked import chunked_attention
+from genattn.attention.paths.factorized import key_only_attention, separable_attention
+from genattn.attention.paths.flex import flex_attention_path, flex_available
+from genattn.attention.paths.materialize import materialize_attention
+from genattn.attention.paths.sdpa import sdpa_attention
+from genattn.attention.terms import Terms
+
+IMPLS = ("auto", "materialize", "chunked", "sdpa", "flex", "key_only", "separable")
+
+_RUN = {
+    "materialize": materialize_attention,
+    "chunked": chunked_attention,
+    "sdpa": sdpa_attention,
+    "flex": flex_attention_path,
+    "key_only": key_only_attention,
+    "separable": separable_attention,
+}
+
+
+def check_impl(impl: str, attention_type: str, spatial_range: int) -> None:
+    """Raise ValueError when ``impl`` is unknown or cannot compute this configuration."""
+    if impl not in IMPLS:
+        raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
+    if impl == "key_only" and (attention_type != "0010" or spatial_range >= 0):
+        raise ValueError(f"impl='key_only' needs attention_type '0010' without spatial_range, got "
+                         f"attention_type={attention_type!r}, spatial_range={spatial_range}")
+    if impl == "separable" and attention_type != "0001":
+        raise ValueError(f"impl='separable' needs attention_type '0001', got {attention_type!r}")
+
+
+def applicable(attention_type: str, spatial_range: int, device_type: str = "cpu") -> list[str]:
+    """The paths (other than 'auto') that can compute this configuration on this device type."""
+    names = ["materialize", "chunked", "sdpa"]
+    if device_type == "cuda":
+        names.append("flex")
+    if attention_type == "0010" and spatial_range < 0:
+        names.append("key_only")
+    if attention_type == "0001":
+        names.append("separable")
+    return names
+
+
+def choose(impl: str, attention_type: str, spatial_range: int, t: Terms, training: bool) -> str:
+    """The path to run: ``impl`` itself unless it is ``'auto'``."""
+    if impl != "auto":
+        return impl
+    if t.batch == 0:
+        return "materialize"
+    if attention_type == "0010" and spatial_range < 0:
+        return "key_only"
+    if attention_type == "0001":
+        return "separable"
+    if flex_available(t.value.device):
+        return "flex"
+    return "sdpa"
+
+
+def run(name: str, t: Terms) -> Tensor:
+    """Run path ``name`` on ``t``."""
+    return _RUN[name](t)

@@ -1,0 +1,70 @@
+"""FlexAttention (CUDA): the fused, compiled kernel with the decomposed energy as a ``score_mod``.
+
+``score(q, k) = q.k + c[k] + bias_x[q, kx] + bias_y[q, ky]``; the spatial window is a block mask, so blocks
+outside every window are skipped. Gradients reach the captured ``c``/``bias_x``/``bias_y`` through FlexAttention's
+support for captured tensors. Untested on machines without a GPU (the CUDA tests skip there).
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+from torch import Tensor
+
+from genattn.attention.terms import Terms
+
+
+@functools.cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+
+    return torch.compile(flex_attention, dynamic=False)
+
+
+def flex_available(device: torch.device) -> bool:
+    """FlexAttention needs CUDA and Triton."""
+    if device.type != "cuda":
+        return False
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:
+        return False
+    return has_triton()
+
+
+def flex_attention_path(t: Terms) -> Tensor:
+    """Attention output ``[N, h, Nq, dv]`` through FlexAttention (CUDA only)."""
+    from torch.nn.attention.flex_attention import create_block_mask
+
+    dev = t.value.device
+    if not flex_available(dev):
+        raise ValueError(f"impl='flex' needs a CUDA device with Triton, got device {dev}")
+    n, h, wq, wk = t.batch, t.heads, t.wq, t.wk
+    dtype = t.value.dtype
+    if t.query is not None:
+        q, k = t.query.to(dtype), t.key.to(dtype)
+    else:  # no content term: q.k = 0, the score is the score_mod alone
+        q = t.value.new_zeros((n, h, t.nq, 16))
+        k = t.value.new_zeros((n, h, t.nk, 16))
+    c, bx, by = t.key_bias, t.full_bias_x(), t.full_bias_y()
+
+    def score_mod(score, b, head, qi, kj):
+        if c is not None:
+            score = score + c[b, head, kj]
+        if bx is not None:
+            score = score + bx[b, head, qi, kj % wk]
+        if by is not None:
+            score = score + by[b, head, qi, kj // wk]
+        return score
+
+    block_mask = None
+    if t.window_x is not None:
+        win_x, win_y = t.window_x, t.window_y
+
+        def mask_mod(b, head, qi, kj):
+            return win_y[qi // wq, kj // wk] & win_x[qi % wq, kj % wk]
+
+        block_mask = create_block_mask(mask_mod, None, None, t.nq, t.nk, device=dev)
+    out = _compiled_flex()(q, k, t.value.to(dtype), score_mod=score_mod, block_mask=block_mask, scale=1.0)
+    return out

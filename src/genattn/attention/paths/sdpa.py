@@ -1,0 +1,78 @@
+"""``scaled_dot_product_attention`` on augmented vectors that carry the decomposed energy.
+
+With ``scale=1`` the fused kernel computes ``qa . ka`` for every pair; choosing::
+
+    qa = [query, 1,     bias_x[q, :],   bias_y[q, :]]
+    ka = [key,   c[k],  onehot(kx(k)),  onehot(ky(k))]
+
+gives ``qa . ka = q.k + c[k] + bias_x[q, kx] + bias_y[q, ky]``, exactly the energy, so PyTorch's fused CPU/CUDA
+kernels run with no ``[Nq, Nk]`` tensor. The spatial window is folded into ``bias_x``/``bias_y`` as a large finite
+negative (``-inf`` would give ``0 * -inf = NaN`` against the zeros of the one-hots): a key outside the window of
+either axis gets energy ``<= -BIG + O(energy)``, whose exponential underflows to exactly 0 in the kernel's
+floating point (``BIG`` is chosen per dtype; the tests prove equality with ``-inf`` masking). The CPU flash kernel
+needs one width for queries, keys and values, so the narrower side is zero-padded.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from genattn.attention.terms import Terms
+
+
+def mask_value(dtype: torch.dtype) -> float:
+    """A finite negative large enough that ``exp`` of it (plus any sane energy) is 0, yet ``4x`` it is finite."""
+    return -min(torch.finfo(dtype).max / 8, 1e30)
+
+
+def _one_hot(index: Tensor, size: int, dtype: torch.dtype) -> Tensor:
+    return (index[:, None] == torch.arange(size, device=index.device)).to(dtype)
+
+
+def augmented(t: Terms, dtype: torch.dtype | None = None) -> tuple[Tensor, Tensor, Tensor]:
+    """``(qa [N, h, Nq, D], ka [N, h, Nk, D], va [N, h, Nk, D'])`` whose plain attention is the module's."""
+    n, h, dev = t.batch, t.heads, t.value.device
+    dtype = dtype or t.value.dtype
+    q_parts, k_parts = [], []
+    if t.query is not None:
+        q_parts.append(t.query.to(dtype))
+        k_parts.append(t.key.to(dtype))
+    if t.key_bias is not None:
+        q_parts.append(torch.ones((n, h, t.nq, 1), dtype=dtype, device=dev))
+        k_parts.append(t.key_bias.to(dtype).unsqueeze(-1))
+    kj = torch.arange(t.nk, device=dev)
+    for bias, window, size, key_index, qi in (
+            (t.full_bias_x(), t.window_x, t.wk, kj % t.wk, torch.arange(t.nq, device=dev) % t.wq),
+            (t.full_bias_y(), t.window_y, t.hk, kj // t.wk, torch.arange(t.nq, device=dev) // t.wq)):
+        if bias is None and window is None:
+            continue
+        if bias is None:
+            bias = torch.zeros((n, h, t.nq, size), dtype=dtype, device=dev)
+        bias = bias.to(dtype)
+        if window is not None:
+            allowed = window[qi]  # [Nq, size]: allowed keys of each query along this axis
+            bias = bias + torch.zeros(allowed.shape, dtype=dtype, device=dev).masked_fill_(~allowed, mask_value(dtype))
+        q_parts.append(bias)
+        k_parts.append(_one_hot(key_index, size, dtype).expand(n, h, t.nk, size))
+    qa = q_parts[0] if len(q_parts) == 1 else torch.cat(q_parts, dim=-1)
+    ka = k_parts[0] if len(k_parts) == 1 else torch.cat(k_parts, dim=-1)
+    va = t.value.to(dtype)
+    # Fused kernels (the CPU flash kernel in particular) want one width for all three; zeros change nothing.
+    width = max(qa.shape[-1], va.shape[-1])
+    if qa.shape[-1] < width:
+        qa, ka = F.pad(qa, (0, width - qa.shape[-1])), F.pad(ka, (0, width - ka.shape[-1]))
+    if va.shape[-1] < width:
+        va = F.pad(va, (0, width - va.shape[-1]))
+    return qa, ka, va
+
+
+def sdpa_attention(t: Terms) -> Tensor:
+    """Attention output ``[N, h, Nq, dv]`` through ``scaled_dot_product_attention``."""
+    dtype = t.value.dtype
+    if torch.is_autocast_enabled(t.value.device.type):
+        dtype = torch.get_autocast_dtype(t.value.device.type)
+    qa, ka, va = augmented(t, dtype)
+    out = F.scaled_dot_product_attention(qa, ka, va, scale=1.0)
+    return out[..., :t.value.shape[-1]]
