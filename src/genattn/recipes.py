@@ -74,6 +74,7 @@ class Recipe:
         warmup_iters, warmup_ratio: linear warmup from ``warmup_ratio * lr`` over the first iterations.
         epochs, lr_steps, lr_gamma, lr_steps_unit: the step schedule ('epoch' or 'iter' for ``lr_steps``).
         max_iters: optional cap on the total number of iterations.
+        flip_prob: probability of a horizontal flip of a training image.
         workers: data-loading processes per training process.
         amp: 'none' (fp32), 'bf16' (autocast) or 'fp16' (autocast with a gradient scaler).
         seed: seed of model initialisation, data order, flips and sampling.
@@ -108,6 +109,7 @@ class Recipe:
     lr_gamma: float = 0.1
     lr_steps_unit: str = "epoch"
     max_iters: int | None = None
+    flip_prob: float = 0.5
     workers: int = 2
     amp: str = "none"
     seed: int = 0
@@ -143,6 +145,7 @@ class Recipe:
                                                                     f"{self.min_size}, {self.max_size}"),
             (self.workers >= 0 and self.log_interval >= 1 and self.checkpoint_interval >= 1,
              "workers must be >= 0, log_interval and checkpoint_interval >= 1"),
+            (0 <= self.flip_prob <= 1, f"flip_prob must be in [0, 1], got {self.flip_prob}"),
             (self.max_bad_samples >= 0, f"max_bad_samples must be >= 0, got {self.max_bad_samples}"),
         ]
         for ok, message in checks:

@@ -84,7 +84,8 @@ def train(recipe: Recipe, *, data_root: str | os.PathLike | None = None,
 
 def _datasets(recipe, data_root, train_ann, train_images, val_ann, val_images):
     img_dir, ann = coco_paths(data_root, recipe.train_split, ann_file=train_ann, img_dir=train_images)
-    train_ds = CocoDetection(img_dir, ann, train=True, seed=recipe.seed, bad_sample="skip")
+    train_ds = CocoDetection(img_dir, ann, train=True, flip_prob=recipe.flip_prob, seed=recipe.seed,
+                             bad_sample="skip")
     s = train_ds.stats
     logger.info("training set %s: %d images, %d kept (%d without usable boxes and %d smaller than 32 px "
                 "dropped), %d crowd boxes ignored, %d boxes under 1 px or outside the image dropped", ann,
@@ -150,8 +151,11 @@ def _run(recipe, device, work_dir, data_root, train_ann, train_images, val_ann, 
     ctx = dict(recipe=recipe, device=device, work_dir=work_dir, model=model, net=net, optimizer=optimizer,
                scheduler=scheduler, scaler=scaler, log=log, bar=bar, val_ds=val_ds, meta=meta, state=state,
                iters_per_epoch=iters_per_epoch, total_iters=total_iters)
+    # Route console log lines through tqdm so they do not break the bar (only loggers that print to a console).
+    consoles = [lg for lg in (logging.getLogger("genattn"), logging.getLogger())
+                if any(type(h) is logging.StreamHandler for h in lg.handlers)] if progress else []
     try:
-        with logging_redirect_tqdm(loggers=[logging.getLogger("genattn"), logging.getLogger()]):
+        with logging_redirect_tqdm(loggers=consoles):
             while state["iter"] < total_iters:
                 epoch = state["epoch"]
                 train_ds.set_epoch(epoch)
