@@ -123,3 +123,14 @@ def test_tensorboard_without_the_package_says_so(tmp_path, tiny_coco, caplog):
         assert (tmp_path / "r" / "tensorboard").is_dir()
     else:
         assert "'tensorboard' package is not installed" in caplog.text
+
+
+@pytest.mark.parametrize("amp", ["bf16", "fp16"])
+def test_mixed_precision_runs_and_saves_the_scaler(tmp_path, amp):
+    root = tmp_path / "data"
+    make_coco(root, "train2017", 4)
+    out = train(tiny_recipe(epochs=1, eval_interval=-1, amp=amp), data_root=root, work_dir=tmp_path / "r",
+                model=ToyDetector(), progress=False)
+    ckpt = load_checkpoint(out["checkpoint"])
+    assert ckpt["recipe"]["amp"] == amp and out["iter"] == 2
+    assert bool(ckpt["scaler"]) == (amp == "fp16")  # a GradScaler only for fp16
