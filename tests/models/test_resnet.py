@@ -37,7 +37,7 @@ WIRINGS = {
 
 
 @pytest.mark.parametrize("name", list(WIRINGS))
-@pytest.mark.parametrize("size", [(64, 64), (50, 70)])
+@pytest.mark.parametrize("size", [(50, 70)])  # not multiples of 32: every stride rounds up
 def test_feature_shapes_and_strides(name, size):
     model = tiny(layers=(1, 2, 1, 1), **WIRINGS[name]).eval()
     h, w = size
@@ -72,6 +72,24 @@ def test_r50_r101_resnext_match_torchvision_names_and_shapes():
     rx = resnet50(groups=32, width_per_group=4)
     assert rx.layer1[0].conv2.weight.shape == (128, 4, 3, 3)
     assert rx.layer4[0].conv2.weight.shape == (1024, 32, 3, 3)
+
+
+@pytest.mark.parametrize("groups, width_per_group", [(1, 64), (4, 8)])
+def test_features_equal_torchvision_resnet_with_the_same_weights(groups, width_per_group):
+    """torchvision's weights give torchvision's features: same stem, same block arithmetic, same strides."""
+    torch.manual_seed(0)
+    theirs = torchvision.models.resnet.ResNet(torchvision.models.resnet.Bottleneck, [1, 2, 1, 1], groups=groups,
+                                              width_per_group=width_per_group).eval()
+    ours = ResNet((1, 2, 1, 1), groups=groups, width_per_group=width_per_group).eval()
+    missing, unexpected = ours.load_state_dict(theirs.state_dict(), strict=False)
+    assert missing == [] and sorted(unexpected) == ["fc.bias", "fc.weight"]
+    x = torch.randn(1, 3, 64, 48)
+    with torch.no_grad():
+        feats = ours(x)
+        y = theirs.maxpool(theirs.relu(theirs.bn1(theirs.conv1(x))))
+        for layer, f in zip((theirs.layer1, theirs.layer2, theirs.layer3, theirs.layer4), feats):
+            y = layer(y)
+            torch.testing.assert_close(f, y)
 
 
 def test_base_width_scales_every_width():
@@ -173,6 +191,17 @@ def test_modulated_dcn_channel_order_offsets_then_mask():
     torch.testing.assert_close(dcn(x), nn.functional.conv2d(x, dcn.weight, padding=1), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("modulated", [False, True])
+def test_dcn_gradcheck_with_learned_offsets(modulated):
+    torch.manual_seed(0)
+    dcn = DeformConvPack(2, 2, 3, stride=2, padding=1, modulated=modulated).double()
+    with torch.no_grad():  # fractional offsets away from the kinks of bilinear sampling at integer positions
+        dcn.conv_offset.weight.normal_(0, 0.1)
+        dcn.conv_offset.bias.uniform_(0.2, 0.4)
+    x = torch.randn(1, 2, 5, 5, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(dcn, (x,), atol=1e-5)
+
+
 def test_dcn_block_equals_plain_block_and_offsets_get_gradients():
     torch.manual_seed(0)
     plain = tiny().eval()
@@ -264,7 +293,7 @@ def test_frozen_stage_includes_its_dcn_and_attention():
 def test_norm_eval_keeps_bn_statistics_but_trains_affine():
     model = tiny(norm_eval=True, frozen_stages=1).train()
     before = {k: v.clone() for k, v in model.state_dict().items() if "running" in k}
-    out = model(torch.randn(2, 3, 64, 64))
+    out = model(torch.randn(2, 3, 32, 32))
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())
     assert all(not m.training for m in model.modules() if isinstance(m, nn.BatchNorm2d))
     assert model.layer2[0].bn1.weight.requires_grad and not model.layer1[0].bn1.weight.requires_grad
@@ -274,7 +303,7 @@ def test_norm_eval_keeps_bn_statistics_but_trains_affine():
 
     plain = tiny(norm_eval=False).train()
     before = plain.layer4[0].bn3.running_mean.clone()
-    plain(torch.randn(2, 3, 64, 64))
+    plain(torch.randn(2, 3, 32, 32))
     assert not torch.equal(before, plain.layer4[0].bn3.running_mean)
 
 
@@ -351,3 +380,19 @@ def test_bad_wiring_raises_value_error_naming_the_argument(kwargs, name):
     kwargs = {"layers": (1, 1, 1, 1), **TINY, **kwargs}
     with pytest.raises(ValueError, match=name):
         ResNet(**kwargs)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cuda_matches_cpu_with_dcn_and_attention():
+    model = tiny(dcn_stages=S234, dcn_modulated=True, attention_stages=S34, attention_cfg=TINY_ATTN).eval()
+    with torch.no_grad():
+        for p in model.parameters():  # non-zero offsets, masks and gamma so every path is exercised
+            p.add_(0.01 * torch.randn_like(p))
+        x = torch.randn(2, 3, 64, 96)
+        cpu = model(x)
+        gpu = model.cuda()(x.cuda())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            amp = model(x.cuda())
+    for a, b, c in zip(cpu, gpu, amp):
+        torch.testing.assert_close(b.cpu(), a, rtol=1e-3, atol=1e-3)
+        assert torch.isfinite(c.float()).all()

@@ -92,8 +92,9 @@ class DeformConvPack(DeformConv2d):
         return self._deform(x, out, mask)
 
     def _deform(self, x: Tensor, offset: Tensor, mask: Tensor | None) -> Tensor:
-        # torchvision's deform_conv2d has no reduced-precision CPU kernel; run it in the weight's dtype
-        # and hand back the caller's dtype so autocast regions keep working.
+        # torchvision's deform_conv2d has no bfloat16 CPU kernel and rejects mixed dtypes under CPU autocast
+        # (the offsets come out of autocast's conv in low precision): run it in the weight's dtype and hand
+        # back the caller's dtype, as torchvision's own CUDA autocast wrapper does.
         dtype = x.dtype
         if dtype != self.weight.dtype:
             x, offset = x.to(self.weight.dtype), offset.to(self.weight.dtype)
