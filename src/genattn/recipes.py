@@ -64,8 +64,9 @@ class Recipe:
         model: name for ``genattn.models.get_model``.
         backbone: ResNet keyword overrides (e.g. :data:`TINY_BACKBONE`).
         model_kwargs: further ``get_model`` keyword arguments (FPN width, ...).
-        pretrained_backbone: ImageNet weights for the backbone (path or URL, passed to ``get_model``); the
-            published models start from torchvision's ResNet-50; None trains from scratch.
+        pretrained_backbone: ImageNet weights for the backbone, passed to ``get_model``: a torchvision ResNet
+            state-dict file, or 'torchvision' for torchvision's ResNet-50 (the published models start from
+            it; :func:`get_recipe` sets it); None (the dataclass default) trains from scratch.
         min_size, max_size: the model's keep-ratio resize (short side / long side limits).
         imgs_per_gpu: images per batch on each process.
         base_lr, base_batch_size: learning rate for ``base_batch_size`` images; scaled linearly with the
@@ -225,8 +226,10 @@ class Recipe:
 
 
 def get_recipe(model: str, *overrides: str, **changes: Any) -> Recipe:
-    """The 1x recipe for ``model``, with optional overrides (see :meth:`Recipe.replace`)."""
-    return Recipe(model=model).replace(*overrides, **changes)
+    """The 1x recipe for ``model`` as MMDetection trains it, starting from torchvision's ImageNet ResNet-50
+    (``pretrained_backbone='torchvision'``, downloaded once), with optional overrides (see
+    :meth:`Recipe.replace`; ``pretrained_backbone=null`` trains from scratch)."""
+    return Recipe(model=model, pretrained_backbone="torchvision").replace(*overrides, **changes)
 
 
 def tiny_recipe(model: str, *overrides: str, **changes: Any) -> Recipe:

@@ -13,6 +13,8 @@ def test_defaults_are_mmdetection_1x():
     assert (r.imgs_per_gpu, r.min_size, r.max_size, r.flip_prob, r.amp) == (2, 800, 1333, 0.5, "none")
     assert r.lr(16) == pytest.approx(0.02) and r.lr(2) == pytest.approx(0.0025)  # linear scaling
     assert all(get_recipe(m).model == m for m in SEED_MODELS)
+    assert get_recipe(SEED_MODELS[0]).pretrained_backbone == "torchvision" and r.pretrained_backbone is None
+    assert tiny_recipe(SEED_MODELS[0]).pretrained_backbone is None
 
 
 def test_json_round_trip_and_frozen(tmp_path):

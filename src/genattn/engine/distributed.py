@@ -12,7 +12,7 @@ import torch
 import torch.distributed as dist
 
 __all__ = ["init_distributed", "is_distributed", "get_rank", "get_world_size", "is_main_process", "barrier",
-           "all_gather_object", "broadcast_object", "all_reduce_mean", "all_true", "local_rank"]
+           "all_gather_object", "broadcast_object", "all_reduce_mean", "local_rank"]
 
 
 def is_distributed() -> bool:
@@ -99,11 +99,3 @@ def all_reduce_mean(values: torch.Tensor) -> torch.Tensor:
         values /= get_world_size()
     return values
 
-
-def all_true(flag: bool, device: torch.device) -> bool:
-    """True on every rank iff ``flag`` is true on every rank (so all ranks take the same branch)."""
-    if not is_distributed():
-        return bool(flag)
-    t = torch.tensor([1 if flag else 0], device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())

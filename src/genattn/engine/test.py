@@ -84,7 +84,8 @@ def _test(checkpoint, model_name, recipe, data_root, ann_file, img_dir, split, o
         ids, names = ckpt["meta"]["category_ids"], ckpt["meta"]["class_names"]
     else:
         ids, names = dataset.category_ids, dataset.class_names
-    model = build_model(recipe, category_ids=ids, class_names=names)
+    # The checkpoint supplies every weight: no ImageNet initialisation (and no download) first.
+    model = build_model(recipe.replace(pretrained_backbone=None), category_ids=ids, class_names=names)
     check_categories(model, dataset)
     if ckpt is not None:
         model.load_state_dict(ckpt["model"])

@@ -105,9 +105,15 @@ def _run(recipe, device, work_dir, data_root, train_ann, train_images, val_ann, 
          model, progress):
     rank, world = du.get_rank(), du.get_world_size()
     train_ds, val_ds = _datasets(recipe, data_root, train_ann, train_images, val_ann, val_images)
+    if resume is None and auto_resume:
+        resume = find_latest(work_dir)
+        if resume is None:
+            logger.info("auto-resume: no checkpoint in %s, starting afresh", work_dir)
     seed_everything(recipe.seed)
     if model is None:
-        model = build_model(recipe, category_ids=train_ds.category_ids, class_names=train_ds.class_names)
+        # A resumed run takes every weight from its checkpoint: no ImageNet initialisation (or download) first.
+        built = recipe.replace(pretrained_backbone=None) if resume is not None else recipe
+        model = build_model(built, category_ids=train_ds.category_ids, class_names=train_ds.class_names)
     check_categories(model, train_ds)
     model.to(device)
     if rank == 0:
@@ -131,10 +137,6 @@ def _run(recipe, device, work_dir, data_root, train_ann, train_images, val_ann, 
 
     state = {"epoch": 0, "iter": 0, "iter_in_epoch": 0, "bad_samples": 0, "nonfinite_skipped": 0,
              "checkpoint": None, "metrics": {}}
-    if resume is None and auto_resume:
-        resume = find_latest(work_dir)
-        if resume is None:
-            logger.info("auto-resume: no checkpoint in %s, starting afresh", work_dir)
     if resume is not None:
         _resume(Path(resume), model, optimizer, scheduler, scaler, state, sampler.global_batch_size)
 
