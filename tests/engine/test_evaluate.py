@@ -82,3 +82,13 @@ def test_boxes_become_xywh_and_no_detections_score_zero(tiny_coco):
     ds = CocoDetection(tiny_coco / "val2017", tiny_coco / "annotations" / "instances_val2017.json", train=False)
     metrics = coco_evaluate(ds.coco, [])
     assert metrics["AP"] == 0.0 and metrics["per_class"] == {"red": 0.0, "blue": 0.0}
+
+
+def test_a_missing_image_in_a_loader_worker_still_gives_one_line(tiny_coco):
+    ds = CocoDetection(tiny_coco / "val2017", tiny_coco / "annotations" / "instances_val2017.json", train=False)
+    (tiny_coco / "val2017" / "000003.png").unlink()
+    model = torch.nn.Linear(1, 1)  # never reached with the missing image's batch
+    model.forward = lambda images: [{"boxes": torch.zeros(0, 4), "scores": torch.zeros(0),
+                                     "labels": torch.zeros(0, dtype=torch.int64)} for _ in images]
+    with pytest.raises(ValueError, match=r"^image .*000003\.png: file not found$"):
+        evaluate(model, ds, num_workers=1)
