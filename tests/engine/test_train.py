@@ -46,7 +46,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
     root = tmp_path / "data"
     make_coco(root, "train2017", 4)  # 2 iterations per epoch
     recipe = tiny_recipe(epochs=2, eval_interval=-1, checkpoint_interval=1)
-    whole = train(recipe, data_root=root, work_dir=tmp_path / "whole", progress=False)
+    whole = train(recipe, data_root=root, work_dir=tmp_path / "whole", auto_resume=True, progress=False)  # fresh
     # "Killed" after iteration 3 (mid-epoch 2): max_iters stops there with a checkpoint.
     part = train(recipe.replace(max_iters=3), data_root=root, work_dir=tmp_path / "part", progress=False)
     assert part["checkpoint"].endswith("iter_3.pth") and part["iter"] == 3
@@ -59,6 +59,9 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert torch.equal(a["optimizer"]["state"][0]["momentum_buffer"], b["optimizer"]["state"][0]["momentum_buffer"])
     assert [r["loss"] for r in _log(tmp_path / "whole")][3] == [r["loss"] for r in _log(tmp_path / "part")][3]
+    torch.save({"state_dict": {}}, tmp_path / "foreign.pth")
+    with pytest.raises(ValueError, match=r"foreign\.pth: not a genattn training checkpoint"):
+        train(recipe, data_root=root, work_dir=tmp_path / "c", resume=tmp_path / "foreign.pth", progress=False)
 
 
 def test_bad_training_images_are_skipped_and_counted_or_stop_the_run(tmp_path):
