@@ -171,12 +171,12 @@ def _run(recipe, device, work_dir, data_root, train_ann, train_images, val_ann, 
                 if finished:
                     state["epoch"], state["iter_in_epoch"] = epoch + 1, 0
                 last = state["iter"] >= total_iters
+                tag = f"epoch_{state['epoch']}" if finished else f"iter_{state['iter']}"  # file names
                 if last or (finished and state["epoch"] % recipe.checkpoint_interval == 0):
-                    name = f"epoch_{state['epoch']}.pth" if finished else f"iter_{state['iter']}.pth"
-                    _save(work_dir / name, ctx)
+                    _save(work_dir / f"{tag}.pth", ctx)
                 if val_ds is not None and (last or (finished and recipe.eval_interval > 0
                                                     and state["epoch"] % recipe.eval_interval == 0)):
-                    _evaluate(ctx, tag=name[:-4] if last else f"epoch_{state['epoch']}")
+                    _evaluate(ctx, tag)
     finally:
         bar.close()
         log.close()
@@ -231,8 +231,10 @@ def _evaluate(ctx, tag: str) -> None:
                        out_file=ctx["work_dir"] / f"{tag}.bbox.json")
     st["metrics"] = metrics
     if metrics.get("per_class"):
-        logger.info("epoch %d: %s", st["epoch"], format_metrics(metrics))
-        record = {"mode": "val", "epoch": st["epoch"], "iter": ctx["iters_per_epoch"],
+        logger.info("%s: %s", tag, format_metrics(metrics))
+        mid_epoch = st["iter_in_epoch"] > 0  # a max_iters stop
+        record = {"mode": "val", "epoch": st["epoch"] + mid_epoch,
+                  "iter": st["iter_in_epoch"] if mid_epoch else ctx["iters_per_epoch"],
                   "lr": ctx["optimizer"].param_groups[0]["lr"],
                   **{VAL_KEYS[k]: round(metrics[k], 4) for k in VAL_KEYS}}
         ctx["log"].log(record, step=st["iter"])
