@@ -121,8 +121,8 @@ class DeltaXYWHBoxCoder:
 
     def decode(self, boxes: Tensor, deltas: Tensor, max_shape: tuple[int, int] | None = None) -> Tensor:
         """Apply ``deltas [N, 4k]`` to ``boxes [N, 4]``; returns ``[N, 4k]`` boxes, clipped to ``max_shape=(H, W)``."""
-        n = deltas.shape[0]
-        d = deltas.reshape(n, -1, 4) * deltas.new_tensor(self.stds) + deltas.new_tensor(self.means)
+        n, k = deltas.shape[0], deltas.shape[1] // 4  # explicit sizes: reshape(0, -1, 4) is ambiguous
+        d = deltas.reshape(n, k, 4) * deltas.new_tensor(self.stds) + deltas.new_tensor(self.means)
         dx, dy = d[..., 0], d[..., 1]
         dw = d[..., 2].clamp(min=-self.max_ratio, max=self.max_ratio)
         dh = d[..., 3].clamp(min=-self.max_ratio, max=self.max_ratio)
@@ -139,7 +139,7 @@ class DeltaXYWHBoxCoder:
             h, w = max_shape
             x1, x2 = x1.clamp(0, w), x2.clamp(0, w)
             y1, y2 = y1.clamp(0, h), y2.clamp(0, h)
-        return torch.stack([x1, y1, x2, y2], dim=-1).reshape(n, -1)
+        return torch.stack([x1, y1, x2, y2], dim=-1).reshape(n, 4 * k)
 
 
 def max_iou_assign(

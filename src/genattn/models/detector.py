@@ -50,7 +50,8 @@ class FPN(nn.Module):
                 nn.init.zeros_(m.bias)
 
     def forward(self, features: Sequence[Tensor]) -> list[Tensor]:
-        """``[C2..C5]`` (``[N, C_l, H/s_l, W/s_l]``) -> ``num_outs`` maps ``[N, out_channels, ., .]``, fine to coarse."""
+        """``[C2..C5]`` (``[N, C_l, H/s_l, W/s_l]``) -> ``num_outs`` maps ``[N, out_channels, H_l, W_l]``,
+        fine to coarse."""
         laterals = [conv(x) for conv, x in zip(self.lateral_convs, features)]
         for i in range(len(laterals) - 1, 0, -1):
             laterals[i - 1] = laterals[i - 1] + F.interpolate(laterals[i], size=laterals[i - 1].shape[-2:],
@@ -83,6 +84,13 @@ def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> Non
                              f"{list(labels.shape)}")
         if labels.shape[0] != boxes.shape[0]:
             raise ValueError(f"targets[{i}]: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+
+
+def _drop_empty_boxes(target: dict[str, Tensor]) -> dict[str, Tensor]:
+    # A zero-size box (given so, or clipped to nothing by the resize) cannot be matched: its IoU with itself is 0/0.
+    b = target["boxes"]
+    keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
+    return dict(target, boxes=b[keep], labels=target["labels"][keep])
 
 
 class FasterRCNN(nn.Module):
@@ -156,10 +164,7 @@ class FasterRCNN(nn.Module):
             targets = self._to_indices(targets)
         batch, targets = self.transform(images, targets if self.training else None)
         if targets is not None:
-            # Boxes clipped to nothing by the resize (or given with zero size) cannot be matched: IoU is 0/0.
-            targets = [dict(t, boxes=t["boxes"][k], labels=t["labels"][k])
-                       for t in targets
-                       for k in [(t["boxes"][:, 2] > t["boxes"][:, 0]) & (t["boxes"][:, 3] > t["boxes"][:, 1])]]
+            targets = [_drop_empty_boxes(t) for t in targets]
         features = self.neck(self.backbone(batch.tensors))
         proposals, rpn_losses = self.rpn_head(features, batch.image_sizes, targets)
         scale_factors = [batch.scale_factors(i) for i in range(len(images))]

@@ -58,13 +58,16 @@ class MultiLevelRoIAlign(nn.Module):
             ``[R, C, output_size, output_size]``.
         """
         c = features[0].shape[1]
-        out = features[0].new_zeros((rois.shape[0], c, self.output_size, self.output_size))
+        # Pool in float32 under autocast (RoI coordinates need it; MMDetection's RoIAlign is fp32 too).
+        dtype = torch.float32 if features[0].dtype in (torch.float16, torch.bfloat16) else features[0].dtype
+        rois = rois.to(dtype)
+        out = rois.new_zeros((rois.shape[0], c, self.output_size, self.output_size))
         levels = self.map_levels(rois[:, 1:])
         for lvl, stride in enumerate(self.strides):
             idx = torch.nonzero(levels == lvl).squeeze(1)
             if idx.numel() == 0:
                 continue
-            out[idx] = roi_align(features[lvl], rois[idx], self.output_size, spatial_scale=1.0 / stride,
+            out[idx] = roi_align(features[lvl].to(dtype), rois[idx], self.output_size, spatial_scale=1.0 / stride,
                                  sampling_ratio=self.sampling_ratio, aligned=True)
         return out
 
@@ -112,7 +115,7 @@ class RoIHead(nn.Module):
         bbox_head: The box head.
         fg_iou_thresh, bg_iou_thresh: RoI assignment (0.5, 0.5; no low-quality matches).
         batch_size_per_image, positive_fraction: RoI sampling (512, 0.25); ground truth is added as proposals.
-        bbox_reg_weights: Coder stds (0.1, 0.1, 0.2, 0.2) — torchvision's weights (10, 10, 5, 5) inverted.
+        bbox_reg_stds: Coder stds (0.1, 0.1, 0.2, 0.2), the inverse of torchvision's weights (10, 10, 5, 5).
         score_thresh: Test score threshold (> 0.05).
         nms_thresh: Class-wise NMS IoU (0.5).
         detections_per_img: At most this many detections (100).
@@ -162,6 +165,7 @@ class RoIHead(nn.Module):
             return [], self._losses(features, proposals, targets)
         rois = self._rois(proposals)
         logits, deltas = self.bbox_head(self.bbox_roi_extractor(features, rois))
+        logits, deltas = logits.float(), deltas.float()  # box arithmetic in float32 even under autocast
         counts = [p.shape[0] for p in proposals]
         results = []
         for i, (lg, dl, props) in enumerate(zip(logits.split(counts), deltas.split(counts), proposals)):
@@ -190,6 +194,9 @@ class RoIHead(nn.Module):
             cand = torch.cat([gt, props])  # ground truth first, as MMDetection's add_gt_as_proposals
             lab, idx = max_iou_assign(box_iou(gt, cand), self.fg_iou_thresh, self.bg_iou_thresh,
                                       self.fg_iou_thresh, False)
+            # Each added ground truth is a positive of itself (MMDetection's add_gt_), even if it duplicates another.
+            lab[: gt.shape[0]] = 1
+            idx[: gt.shape[0]] = torch.arange(gt.shape[0], device=idx.device)
             assigned.append((lab, idx))
             sampled_boxes.append(cand)
             gt_boxes.append(gt)
@@ -213,6 +220,7 @@ class RoIHead(nn.Module):
             reg_targets.append(reg)
             pos_flags.append(is_pos)
         logits, deltas = self.bbox_head(self.bbox_roi_extractor(features, self._rois(rois)))
+        logits, deltas = logits.float(), deltas.float()  # losses in float32 even under autocast
         labels = torch.cat(cls_targets)
         reg = torch.cat(reg_targets)
         is_pos = torch.cat(pos_flags)

@@ -102,11 +102,12 @@ class RPNHead(nn.Module):
         """
         logits, deltas = self.head(features)
         n = features[0].shape[0]
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], features[0].dtype,
-                                        features[0].device)
+        # Box arithmetic in float32 even under autocast (MMDetection's force_fp32): half precision cannot hold
+        # pixel coordinates of an 800x1333 image to better than ~0.5 px.
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], torch.float32, features[0].device)
         # [N, A, H, W] -> [N, H*W*A]: location-major, anchor-minor, as the anchors are laid out.
-        flat_logits = [t.permute(0, 2, 3, 1).reshape(n, -1) for t in logits]
-        flat_deltas = [t.permute(0, 2, 3, 1).reshape(n, -1, 4) for t in deltas]
+        flat_logits = [t.permute(0, 2, 3, 1).reshape(n, -1).float() for t in logits]
+        flat_deltas = [t.permute(0, 2, 3, 1).reshape(n, -1, 4).float() for t in deltas]
         mode = "train" if self.training else "test"
         proposals = [
             self._proposals([t[i].detach() for t in flat_logits], [t[i].detach() for t in flat_deltas], anchors,

@@ -56,6 +56,7 @@ COCO_CATEGORY_IDS: tuple[int, ...] = (
 """COCO category id of each of the 80 classes, in the same order."""
 
 _S3 = "https://open-mmlab.s3.ap-northeast-2.amazonaws.com/mmdetection/v2.0/empirical_attention/"
+_MMDET = "https://download.openmmlab.com/mmdetection/v2.0/"
 _NAME_RE = re.compile(r"^faster_rcnn_r50_fpn_attention_([01]{4})(_dcn)?_1x_coco$")
 _PLAIN = "faster_rcnn_r50_fpn_1x_coco"
 _DCN = "faster_rcnn_r50_fpn_dconv_c3-c5_1x_coco"
@@ -99,8 +100,10 @@ MODELS: dict[str, ModelInfo] = {
         _released("0010", False, 39.1, 4.2, 17.0, "20200130-7cb0c14d"),
         _released("1111", True, 42.1, 8.0, 5.4, "20200130-8b2523a6"),
         _released("0010", True, 42.0, 4.2, 15.7, "20200130-1a2e831d"),
-        ModelInfo(_PLAIN, None, False, 37.4, 4.0, 21.4),
-        ModelInfo(_DCN, None, True, 41.3),
+        # The two reference points' checkpoints are MMDetection's own (faster_rcnn/ and dcn/ model zoo pages).
+        ModelInfo(_PLAIN, None, False, 37.4, 4.0, 21.4,
+                  f"{_MMDET}faster_rcnn/{_PLAIN}/{_PLAIN}_20200130-047c8118.pth", "047c8118"),
+        ModelInfo(_DCN, None, True, 41.3, None, None, f"{_MMDET}dcn/{_DCN}/{_DCN}_20200130-d68aed1e.pth", "d68aed1e"),
     )
 }
 """The six named models with the seed's figures; other attention types are built from the name pattern."""
@@ -184,8 +187,9 @@ def get_model(
         min_size, max_size: Short / long side limits of the resize (800, 1333).
         backbone: Overrides of the :class:`~genattn.models.resnet.ResNet` arguments, e.g.
             ``{'layers': (1, 1, 1, 1), 'base_width': 16, 'stem_width': 16}`` for a tiny CPU model.
-        pretrained_backbone: ImageNet initialisation: a local torchvision ResNet state dict, or ``'torchvision'``
-            to download torchvision's ResNet-50 weights. Ignored if ``weights`` is given.
+        pretrained_backbone: ImageNet initialisation: ``'torchvision'`` (torchvision's ResNet-50/101 V1 weights,
+            downloaded through torchvision), or a local file or URL of a torchvision ResNet state dict. Ignored if
+            ``weights`` is given.
         **detector_kwargs: Passed to :func:`build_faster_rcnn` (``fpn_channels``, ``representation_size``,
             ``rpn_*`` / ``box_*`` settings).
 
@@ -215,7 +219,10 @@ def get_model(
     if pretrained_backbone is not None and weights is None:
         from genattn.models.imagenet import load_imagenet_weights  # only needed here
 
-        load_imagenet_weights(resnet, None if pretrained_backbone == "torchvision" else pretrained_backbone)
+        source = None if pretrained_backbone == "torchvision" else pretrained_backbone
+        if source is not None and re.match(r"^https?://", source):
+            source = download_checkpoint(source)
+        load_imagenet_weights(resnet, source)
     model = build_faster_rcnn(resnet, num_classes, category_ids, class_names, min_size=min_size,
                               max_size=max_size, **detector_kwargs)
     if weights is not None:
@@ -245,7 +252,11 @@ def download_checkpoint(url: str, hash_prefix: str | None = None, *, progress: b
         return dst
     tmp = f"{dst}.{os.getpid()}.partial"
     try:
-        torch.hub.download_url_to_file(url, tmp, None, progress=progress)
+        try:
+            torch.hub.download_url_to_file(url, tmp, None, progress=progress)
+        except Exception as e:  # URLError, HTTPError, timeouts...: one line naming the file
+            raise RuntimeError(f"checkpoint {filename}: download from {url} failed: "
+                               f"{str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__}") from None
         if hash_prefix is not None:
             sha = hashlib.sha256()
             with open(tmp, "rb") as f:
