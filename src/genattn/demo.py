@@ -62,21 +62,34 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _calibrate(recipe: Recipe, data) -> int:
-    """Iterations per model that fit the default models' training into :data:`TRAIN_BUDGET_S` on this machine."""
+def _calibrate(recipe: Recipe, data, *, choose_threads: bool) -> int:
+    """Iterations per model that fit the default models' training into :data:`TRAIN_BUDGET_S` on this machine.
+
+    With ``choose_threads``, a machine that is already busy (1-minute load average at or above its core count)
+    gets one thread: there, several threads per process wait for each other and run many times slower.
+    """
+    import os
+
+    import torch
+
     from genattn.benchmark import training_step_time
     from genattn.inference import ModelSpec
     from genattn.study import _class_info
 
+    if choose_threads and torch.get_num_threads() > 1 and hasattr(os, "getloadavg"):
+        load, cores = os.getloadavg()[0], os.cpu_count() or 1
+        if load >= cores - 0.5:
+            torch.set_num_threads(1)
+            _say(f"the machine is busy (load {load:.1f} on {cores} cores): using one thread")
     _say(f"timing a few training steps of {recipe.model} to size the schedule to this machine ...")
     ids, names = _class_info(data.val_ann)
-    step = training_step_time(ModelSpec(recipe, ids, names), steps=4, warmup=1, batch_size=recipe.imgs_per_gpu,
+    step = training_step_time(ModelSpec(recipe, ids, names), steps=3, warmup=1, batch_size=recipe.imgs_per_gpu,
                               input_size=(recipe.min_size, recipe.max_size), device="cpu")
     # '1111' is the slowest of the three; the others take about as long, so a third of the budget each.
     iters = int(TRAIN_BUDGET_S / len(DEMO_MODELS) / step)
     clamped = min(max(iters, MIN_ITERS), MAX_ITERS)
-    _say(f"{step:.2f} s per training step -> {clamped} iterations per model"
-         + (f" (clamped from {iters})" if clamped != iters else ""))
+    _say(f"{step:.2f} s per training step with {torch.get_num_threads()} thread(s) -> {clamped} iterations per "
+         f"model" + (f" (clamped from {iters})" if clamped != iters else ""))
     return clamped
 
 
@@ -91,7 +104,7 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
             :data:`TRAIN_BUDGET_S` seconds on this machine, within :data:`MIN_ITERS`..:data:`MAX_ITERS`).
         quick: a smoke run for tests: a tiny dataset and model, 64 px images, 2 iterations, 2 timed images, no
             memory measurement.
-        threads: CPU threads (default: torch's setting).
+        threads: CPU threads (default: torch's setting, or one if that is faster on this machine right now).
 
     Returns:
         ``{'rows', 'files', 'work_dir', 'untrained_box_ap', 'detection_png', 'attention_png', 'seconds'}``.
@@ -118,7 +131,8 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
     if iters is None and quick:
         iters = 2
     elif iters is None:
-        iters = _calibrate(demo_recipe(DEMO_MODELS[-1], image_size=image_size, num_train=num_train), data)
+        iters = _calibrate(demo_recipe(DEMO_MODELS[-1], image_size=image_size, num_train=num_train), data,
+                           choose_threads=threads is None)
     recipes = [demo_recipe(m, iters=iters, image_size=image_size, num_train=num_train,
                            batch_size=2 if quick else 8, quick=quick) for m in models]
     bench_images = 2 if quick else 20
