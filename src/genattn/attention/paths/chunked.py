@@ -1,7 +1,9 @@
 """Flash-style attention over blocks of queries with the decomposed energy (FlashAttention-2 backward).
 
-The forward pass keeps only the output and the per-row logsumexp; the backward pass recomputes each block's
-probabilities and uses ``dS = P * (dP - rowsum(dO * O))``. Peak extra memory is one block of
+The forward pass keeps only its inputs and output; the backward pass recomputes each block's probabilities and
+uses ``dS = P * (dP - rowsum(dO * O))``. A block holds complete rows (all keys of its queries), so recomputing
+``P`` with the same softmax reproduces the forward's bit for bit and even the per-row logsumexp need not be kept
+(on CPU ``torch.softmax`` is also much faster than ``exp(S - lse)``: its fused exponential). Peak extra memory is one block of
 ``[N, h, block, Nk]`` scores instead of the full energy. The small position terms ``bias_x``/``bias_y``
 (``[N, h, Nq, Wk]``/``[N, h, Nq, Hk]``) and the E3 key bias are inputs, computed outside with ordinary autograd;
 their gradients are ``dS`` summed over the other key axis (over queries, for the key bias).
@@ -16,8 +18,9 @@ from torch.autograd.function import once_differentiable
 from genattn.attention.paths.materialize import stats_dtype
 from genattn.attention.terms import Terms
 
-# Elements of one block of scores, [N, h, block, Nk]; ~4M float32 = 16 MB keeps temporaries small.
-BLOCK_ELEMENTS = 1 << 22
+# Elements of one block of scores, [N, h, block, Nk]: 512K float32 = 2 MB stays in cache on CPU, so the
+# elementwise passes over a block (bias adds, softmax, dS) run at cache speed, not memory speed.
+BLOCK_ELEMENTS = 1 << 19
 
 
 def _block_scores(q, k, c, bx, by, t, start, stop, dtype):
@@ -47,22 +50,18 @@ class _ChunkedAttention(torch.autograd.Function):
         dtype = stats_dtype(v.dtype)
         with torch.autocast(v.device.type, enabled=False):
             out = v.new_empty((t.batch, t.heads, t.nq, v.shape[-1]))
-            lse = torch.empty((t.batch, t.heads, t.nq), dtype=dtype, device=v.device)
             for start in range(0, t.nq, block):
                 stop = min(start + block, t.nq)
-                s = _block_scores(q, k, c, bx, by, t, start, stop, dtype)
-                row_lse = torch.logsumexp(s, dim=-1, keepdim=True)
-                lse[:, :, start:stop] = row_lse.squeeze(-1)
-                p = s.sub_(row_lse).exp_()
+                p = torch.softmax(_block_scores(q, k, c, bx, by, t, start, stop, dtype), dim=-1)
                 out[:, :, start:stop] = torch.matmul(p.to(v.dtype), v)
         ctx.t, ctx.block = t, block
-        ctx.save_for_backward(q, k, v, c, bx, by, out, lse)
+        ctx.save_for_backward(q, k, v, c, bx, by, out)
         return out
 
     @staticmethod
     @once_differentiable
     def backward(ctx, d_out):
-        q, k, v, c, bx, by, out, lse = ctx.saved_tensors
+        q, k, v, c, bx, by, out = ctx.saved_tensors
         t, block = ctx.t, ctx.block
         n, h = t.batch, t.heads
         dtype = stats_dtype(v.dtype)
@@ -79,8 +78,7 @@ class _ChunkedAttention(torch.autograd.Function):
             delta = (d_out.to(dtype) * out.to(dtype)).sum(-1, keepdim=True)
             for start in range(0, t.nq, block):
                 stop = min(start + block, t.nq)
-                s = _block_scores(q, k, c, bx, by, t, start, stop, dtype)
-                p = s.sub_(lse[:, :, start:stop, None]).exp_()
+                p = torch.softmax(_block_scores(q, k, c, bx, by, t, start, stop, dtype), dim=-1)
                 d_blk = d_out[:, :, start:stop]
                 if dv is not None:
                     dv += torch.matmul(p.transpose(-1, -2).to(v.dtype), d_blk)
@@ -112,5 +110,8 @@ def block_size(t: Terms, elements: int = BLOCK_ELEMENTS) -> int:
 
 def chunked_attention(t: Terms, block: int | None = None) -> Tensor:
     """Attention output ``[N, h, Nq, dv]`` computed block by block with a recomputing backward."""
-    return _ChunkedAttention.apply(t, block or block_size(t), t.query, t.key, t.value, t.key_bias,
-                                   t.full_bias_x(), t.full_bias_y())
+    def dense(x):  # the conv outputs arrive transposed; per-block matmuls want contiguous rows
+        return None if x is None else x.contiguous()
+
+    return _ChunkedAttention.apply(t, block or block_size(t), dense(t.query), dense(t.key), dense(t.value),
+                                   dense(t.key_bias), dense(t.full_bias_x()), dense(t.full_bias_y()))
