@@ -102,8 +102,9 @@ class _ChunkedAttention(torch.autograd.Function):
         return (None, None, dq, cast(dk, k), cast(dv, v), cast(dc, c), cast(dbx, bx), cast(dby, by))
 
 
-def block_size(t: Terms, elements: int = BLOCK_ELEMENTS) -> int:
-    """Queries per block so that one block of scores holds about ``elements`` values."""
+def block_size(t: Terms, elements: int | None = None) -> int:
+    """Queries per block so that one block of scores holds about ``elements`` (default ``BLOCK_ELEMENTS``)."""
+    elements = elements or BLOCK_ELEMENTS
     per_query = max(t.batch * t.heads * t.nk, 1)
     return max(1, min(t.nq, elements // per_query))
 
