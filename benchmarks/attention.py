@@ -68,8 +68,8 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
         m.gamma.fill_(1.0)
     x = torch.randn(BATCH, channels, height, width, device=device)
     with torch.no_grad():
-        chosen_fwd = paths.choose(impl, attention_type, -1, m.decompose(x), False)
-    chosen_fb = paths.choose(impl, attention_type, -1, m.decompose(x.requires_grad_()), True)
+        chosen_fwd = paths.choose(impl, attention_type, -1, m.decompose(x))
+    chosen_fb = paths.choose(impl, attention_type, -1, m.decompose(x.requires_grad_()))
     x.requires_grad_(False)
     chosen = chosen_fwd if chosen_fwd == chosen_fb else f"{chosen_fwd}/{chosen_fb}"
 

@@ -165,8 +165,8 @@ def test_auto_choice():
     for (attention_type, spatial_range), (inference, training) in cases.items():
         m = GeneralizedAttention(16, num_heads=2, attention_type=attention_type, spatial_range=spatial_range)
         with torch.no_grad():
-            assert choose("auto", attention_type, spatial_range, m.decompose(x), False) == inference
-        assert choose("auto", attention_type, spatial_range, m.decompose(x), True) == training
+            assert choose("auto", attention_type, spatial_range, m.decompose(x)) == inference
+        assert choose("auto", attention_type, spatial_range, m.decompose(x)) == training
 
 
 def test_mmcv_local_constraint_map_is_ignored():

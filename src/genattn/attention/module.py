@@ -230,7 +230,7 @@ class GeneralizedAttention(nn.Module):
         """
         self._check_input(x)
         t = self.decompose(x)
-        name = paths.choose(self.impl, self.attention_type, self.spatial_range, t, self.training)
+        name = paths.choose(self.impl, self.attention_type, self.spatial_range, t)
         out = paths.run(name, t)  # [N, h, Nq', dv]; Nq' = 1 for key_only (one context vector per image)
         n = x.shape[0]
         hq, wq = (1, 1) if out.shape[2] == 1 and t.nq != 1 else (t.hq, t.wq)

@@ -57,8 +57,8 @@ def applicable(attention_type: str, spatial_range: int, device_type: str = "cpu"
     return names
 
 
-def choose(impl: str, attention_type: str, spatial_range: int, t: Terms, training: bool) -> str:
-    """The path to run: ``impl`` itself unless it is ``'auto'``."""
+def choose(impl: str, attention_type: str, spatial_range: int, t: Terms) -> str:
+    """The path to run: ``impl`` itself unless it is ``'auto'`` (which looks at whether gradients are needed)."""
     if impl != "auto":
         return impl
     if t.batch == 0:
