@@ -67,7 +67,11 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
     with torch.no_grad():
         m.gamma.fill_(1.0)
     x = torch.randn(BATCH, channels, height, width, device=device)
-    chosen = paths.choose(impl, attention_type, -1, m.decompose(x), True) if impl == "auto" else impl
+    with torch.no_grad():
+        chosen_fwd = paths.choose(impl, attention_type, -1, m.decompose(x))
+    chosen_fb = paths.choose(impl, attention_type, -1, m.decompose(x.requires_grad_()))
+    x.requires_grad_(False)
+    chosen = chosen_fwd if chosen_fwd == chosen_fb else f"{chosen_fwd}/{chosen_fb}"
 
     def sync():
         if device == "cuda":

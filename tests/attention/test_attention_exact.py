@@ -88,3 +88,28 @@ def test_chunked_blocks_do_not_matter():
     whole = chunked_attention(t, block=t.nq)
     for block in (1, 3, 7):
         torch.testing.assert_close(chunked_attention(t, block=block), whole, **TOL)
+
+
+@pytest.mark.parametrize("attention_type", ["1111", "0110"])
+def test_chunked_worker_threads(attention_type):
+    """With several intra-op threads the chunked path shares blocks out to worker threads: still exact."""
+    import genattn.attention.paths.chunked as chunked
+
+    torch.set_num_threads(2)  # the autouse fixture restores the setting
+    m = _module(attention_type, spatial_range=1)
+    x = torch.randn(2, 16, 9, 7, dtype=torch.float64, requires_grad=True)
+    ref = oracle_forward(m, x)
+    grad_out = torch.randn_like(ref)
+    ref_grads = _grads(m, x, ref, grad_out)
+    m.impl = "chunked"
+    before = chunked.BLOCK_ELEMENTS
+    chunked.BLOCK_ELEMENTS = 2 * 2 * 20  # 5 queries a block: several blocks per worker
+    try:
+        out = m(x)
+        grads = _grads(m, x, out, grad_out)
+    finally:
+        chunked.BLOCK_ELEMENTS = before
+    assert torch.get_num_threads() == 2
+    torch.testing.assert_close(out, ref, **TOL)
+    for got, want in zip(grads, ref_grads):
+        torch.testing.assert_close(got, want, **TOL)

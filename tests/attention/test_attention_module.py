@@ -158,11 +158,15 @@ def test_axis_window_by_hand():
 
 def test_auto_choice():
     x = torch.zeros(2, 16, 5, 6)
-    cases = {("0010", -1): "key_only", ("0010", 1): "sdpa", ("0001", -1): "separable", ("0001", 2): "separable",
-             ("1111", -1): "sdpa", ("0100", 1): "sdpa"}
-    for (attention_type, spatial_range), want in cases.items():
+    cases = {("0010", -1): ("key_only", "key_only"), ("0010", 1): ("sdpa", "chunked"),
+             ("0001", -1): ("separable", "separable"), ("0001", 2): ("separable", "separable"),
+             ("1111", -1): ("sdpa", "chunked"), ("0100", 1): ("sdpa", "chunked"), ("1000", -1): ("sdpa", "sdpa"),
+             ("1010", -1): ("sdpa", "sdpa")}
+    for (attention_type, spatial_range), (inference, training) in cases.items():
         m = GeneralizedAttention(16, num_heads=2, attention_type=attention_type, spatial_range=spatial_range)
-        assert choose("auto", attention_type, spatial_range, m.decompose(x), True) == want
+        with torch.no_grad():
+            assert choose("auto", attention_type, spatial_range, m.decompose(x)) == inference
+        assert choose("auto", attention_type, spatial_range, m.decompose(x)) == training
 
 
 def test_mmcv_local_constraint_map_is_ignored():
