@@ -72,6 +72,8 @@ class Recipe:
         base_lr, base_batch_size: learning rate for ``base_batch_size`` images; scaled linearly with the
             total batch (``imgs_per_gpu * world_size``), see :meth:`lr`.
         momentum, weight_decay: SGD settings (weight decay on all parameters).
+        grad_clip_norm: clip the gradients' global L2 norm to this (MMDetection's ``grad_clip=dict(max_norm=...)``);
+            None (the 1x recipe) does not clip.
         warmup_iters, warmup_ratio: linear warmup from ``warmup_ratio * lr`` over the first iterations.
         epochs, lr_steps, lr_gamma, lr_steps_unit: the step schedule ('epoch' or 'iter' for ``lr_steps``).
         max_iters: optional cap on the total number of iterations.
@@ -103,6 +105,7 @@ class Recipe:
     base_batch_size: int = 16
     momentum: float = 0.9
     weight_decay: float = 1e-4
+    grad_clip_norm: float | None = None
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
     epochs: int = 12
@@ -146,6 +149,7 @@ class Recipe:
                                                                     f"{self.min_size}, {self.max_size}"),
             (self.workers >= 0 and self.log_interval >= 1 and self.checkpoint_interval >= 1,
              "workers must be >= 0, log_interval and checkpoint_interval >= 1"),
+            (self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm must be > 0 or None"),
             (0 <= self.flip_prob <= 1, f"flip_prob must be in [0, 1], got {self.flip_prob}"),
             (self.max_bad_samples >= 0, f"max_bad_samples must be >= 0, got {self.max_bad_samples}"),
         ]

@@ -44,7 +44,7 @@ def test_command_line_overrides():
 @pytest.mark.parametrize("change, message", [
     (dict(amp="fp8"), "amp must be one of"), (dict(epochs=0), "epochs"), (dict(imgs_per_gpu=0), "imgs_per_gpu"),
     (dict(min_size=900, max_size=800), "need 1 <= min_size"), (dict(nonfinite_loss="ignore"), "nonfinite_loss"),
-    (dict(flip_prob=2.0), "flip_prob"), (dict(device="tpu"), "device"),
+    (dict(flip_prob=2.0), "flip_prob"), (dict(device="tpu"), "device"), (dict(grad_clip_norm=0), "grad_clip"),
 ])
 def test_bad_values(change, message):
     with pytest.raises(ValueError, match="recipe: " + message):

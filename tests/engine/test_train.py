@@ -16,30 +16,33 @@ def _log(work_dir, mode="train"):
 def test_a_few_iterations_lower_the_loss(tmp_path):
     root = tmp_path / "data"
     make_coco(root, "train2017", 2)
-    out = train(tiny_recipe(epochs=8, flip_prob=0.0, eval_interval=-1), data_root=root, work_dir=tmp_path / "run",
+    out = train(tiny_recipe(epochs=12, flip_prob=0.0, eval_interval=-1), data_root=root, work_dir=tmp_path / "run",
                 progress=False)
     lines = _log(tmp_path / "run")
-    assert len(lines) == 8 and out["iter"] == 8 and out["epoch"] == 8
+    assert len(lines) == 12 and out["iter"] == 12 and out["epoch"] == 12
     assert {"mode", "epoch", "iter", "lr", "memory", "time", "data_time", "loss", "loss_rpn_cls", "loss_rpn_bbox",
             "loss_cls", "loss_bbox"} <= set(lines[0])
     assert lines[0]["lr"] == pytest.approx(0.02 * 0.001) and lines[-1]["lr"] == pytest.approx(0.02)
-    assert lines[-1]["loss"] < 0.9 * lines[0]["loss"]  # measured 0.83x
+    # Mean of the last 3 losses over the first 3: measured 0.72-0.79 for seeds 0-3.
+    assert sum(r["loss"] for r in lines[-3:]) < 0.9 * sum(r["loss"] for r in lines[:3])
     assert (tmp_path / "run" / "recipe.json").is_file() and (tmp_path / "run" / "train.log").is_file()
-    assert out["checkpoint"] == str(tmp_path / "run" / "epoch_8.pth")
+    assert out["checkpoint"] == str(tmp_path / "run" / "epoch_12.pth")
 
 
 @pytest.mark.slow
-def test_overfitting_four_images_reaches_a_high_ap(tmp_path):
+def test_overfitting_two_images_reaches_a_high_ap(tmp_path):
     root = tmp_path / "data"
-    make_coco(root, "train2017", 4)
-    make_coco(root, "val2017", 4)  # the same images
-    recipe = tiny_recipe(model="faster_rcnn_r50_fpn_1x_coco", epochs=40, lr_steps=(32,), flip_prob=0.0,
-                         eval_interval=0, log_interval=10)
+    make_coco(root, "train2017", 2)
+    make_coco(root, "val2017", 2)  # the same images
+    # 80 steps on one batch; clipping keeps this deliberately high learning rate from diverging on some seeds.
+    recipe = tiny_recipe(model="faster_rcnn_r50_fpn_1x_coco", epochs=80, lr_steps=(64,), flip_prob=0.0,
+                         grad_clip_norm=10.0, eval_interval=0, checkpoint_interval=80, log_interval=10)
     out = train(recipe, data_root=root, work_dir=tmp_path / "run", progress=False)
-    # Measured 0.68 AP / 1.0 AP50 (2-core CPU); an untrained model scores ~0.
+    # Measured AP 0.80 / AP50 1.0 (seeds 1, 2: AP 0.75, 0.58; AP50 1.0); an untrained model scores ~0.
     assert out["metrics"]["AP"] > 0.5 and out["metrics"]["AP50"] > 0.9
     assert _log(tmp_path / "run", "val")[0]["bbox_mAP"] == pytest.approx(out["metrics"]["AP"], abs=1e-4)
-    assert (tmp_path / "run" / "epoch_40.bbox.json").is_file()
+    assert (tmp_path / "run" / "epoch_80.bbox.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "run").glob("*.pth")) == ["epoch_80.pth"]
 
 
 def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):

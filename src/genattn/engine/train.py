@@ -150,7 +150,7 @@ def _run(recipe, device, work_dir, data_root, train_ann, train_images, val_ann, 
                disable=not progress)
     meta = {"category_ids": list(train_ds.category_ids), "class_names": list(train_ds.class_names),
             "world_size": world, "iters_per_epoch": iters_per_epoch, "total_batch": sampler.global_batch_size}
-    ctx = dict(recipe=recipe, device=device, work_dir=work_dir, model=model, net=net, optimizer=optimizer,
+    ctx = dict(recipe=recipe, device=device, work_dir=work_dir, model=model, net=net, params=params, optimizer=optimizer,
                scheduler=scheduler, scaler=scaler, log=log, bar=bar, val_ds=val_ds, meta=meta, state=state,
                iters_per_epoch=iters_per_epoch, total_iters=total_iters)
     # Route console log lines through tqdm so they do not break the bar (only loggers that print to a console).
@@ -285,6 +285,9 @@ def _train_epoch(loader, ctx) -> None:
         else:
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(loss).backward()
+            if recipe.grad_clip_norm is not None:
+                scaler.unscale_(optimizer)  # clip the true gradients, not the fp16-scaled ones
+                torch.nn.utils.clip_grad_norm_(ctx["params"], recipe.grad_clip_norm)
             scaler.step(optimizer)
             scaler.update()
             for k, v in loss_dict.items():
