@@ -53,7 +53,10 @@ def demo_recipe(model: str, *, iters: int = DEMO_ITERS, image_size: int = 128, n
     backbone, model_kwargs = (QUICK_BACKBONE, QUICK_MODEL_KWARGS) if quick else (DEMO_BACKBONE, DEMO_MODEL_KWARGS)
     return Recipe(model=model, backbone=backbone, model_kwargs=model_kwargs, min_size=image_size,
                   max_size=image_size, imgs_per_gpu=batch_size, base_lr=0.04, base_batch_size=batch_size,
-                  warmup_iters=min(50, max(1, iters // 5)), warmup_ratio=0.01, epochs=epochs,
+                  warmup_iters=min(100, max(1, iters // 5)), warmup_ratio=0.01, epochs=epochs,
+                  # From scratch at a high learning rate a rare step explodes ('0010' once went to NaN at
+                  # iteration 73 without these): clip the gradients, and skip a step whose loss is not finite.
+                  grad_clip_norm=10.0, nonfinite_loss="skip",
                   lr_steps=(int(iters * 0.75), int(iters * 0.92)), lr_steps_unit="iter", max_iters=iters,
                   workers=0, eval_interval=0, checkpoint_interval=epochs + 1, log_interval=25, device="cpu")
 
