@@ -52,7 +52,8 @@ def device_name(device: torch.device) -> str:
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    return f"CPU {cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
+    threads = torch.get_num_threads()
+    return f"CPU {cpu} ({os.cpu_count()} cores), {threads} thread{'s' if threads != 1 else ''}"
 
 
 def _sync(device: torch.device) -> None:

@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dcn", action="store_true", help="also study the deformable-conv variants (slower)")
     p.add_argument("--iters", type=_positive_int,
                    help="training iterations per model (default: sized by timing a few steps so that the three "
-                        "models train in about 11.5 minutes, between 200 and 1000)")
+                        "models train in about 11 minutes, between 200 and 1000)")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's, one per core)")
     p.add_argument("--quick", action="store_true", help="a smoke run: tiny data and model, 2 iterations")
     return parser
