@@ -107,3 +107,16 @@ def test_autocast_cuda(dtype):
         out.float().sum().backward()
         assert (out.float() - ref).abs().max() <= BRANCH_TOL * (ref - x).abs().max(), impl
         assert torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("attention_type, spatial_range", [("1000", -1), ("0010", -1), ("1111", 1), ("0101", -1)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_sdpa_runs_the_fused_cpu_kernel(attention_type, spatial_range, dtype):
+    """The augmented vectors satisfy the flash kernel's conditions, so sdpa never falls back to materialising."""
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    m = GeneralizedAttention(16, num_heads=2, attention_type=attention_type, spatial_range=spatial_range,
+                             impl="sdpa").to(dtype)
+    x = torch.randn(2, 16, 5, 6, dtype=dtype, requires_grad=True)
+    with sdpa_kernel(SDPBackend.FLASH_ATTENTION):  # raises if the flash kernel cannot take the inputs
+        m(x).sum().backward()

@@ -6,9 +6,10 @@ Every path maps the decomposed terms (``genattn.attention.terms.Terms``) to the 
 ``'auto'`` picks ``key_only`` for '0010' without a window, ``separable`` for '0001' and FlexAttention on CUDA
 with Triton. Elsewhere (CPU): ``sdpa`` for inference and for types whose energy needs no position terms or
 window (its fused kernel then runs at the plain head width), ``chunked`` when gradients are needed and the
-position terms widen sdpa's vectors (measured on a 2-core CPU at the ResNet-50 stage-3 shape, '1111':
-forward+backward ~15% faster than sdpa with ~25% less peak memory; forward alone about equal, and sdpa, one
-fused call, suffers less from busy cores). An empty batch takes ``materialize``, which handles it trivially.
+position terms widen sdpa's vectors. Measured on a shared 2-core CPU at the ResNet-50 stage-3 shape, '1111'
+(noisy; see ``benchmarks/attention.py``): forward, sdpa ~20% faster than chunked; forward+backward, chunked
+~20-30% faster than sdpa with ~20% less peak memory (but sdpa, one fused call, degrades less when the cores
+are oversubscribed). An empty batch takes ``materialize``, which handles it trivially.
 """
 
 from __future__ import annotations
