@@ -22,14 +22,6 @@ TINY = ["--backbone", '{"layers": [1, 1, 1, 1], "base_width": 8, "stem_width": 8
 TRAIN = ["--tiny", "--max-iters", "2", "--batch-size", "2", *TINY, "log_interval=1", "warmup_iters=1"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared CI machine several threads per process run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def _one_error_line(capsys, code, status=2):
     err = capsys.readouterr().err

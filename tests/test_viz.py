@@ -11,14 +11,6 @@ from genattn.models import get_model
 TINY = {"layers": (1, 1, 1, 1), "base_width": 8, "stem_width": 8, "frozen_stages": -1, "norm_eval": False}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """One thread: on a shared CI machine several threads per process run many times slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 @pytest.fixture(scope="module")
 def model():

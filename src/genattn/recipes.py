@@ -18,7 +18,7 @@ import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Mapping
+from typing import Any, Mapping
 
 __all__ = ["Recipe", "get_recipe", "tiny_recipe", "SEED_MODELS", "TINY_BACKBONE"]
 

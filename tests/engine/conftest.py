@@ -1,19 +1,9 @@
 """Fixtures of the engine tests; the helpers live in tiny_setup.py."""
 
 import pytest
-import torch
 
 from tiny_setup import make_coco
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """One intra-op thread: on a small shared CPU more threads spin against each other (10x slower here), and
-    the thresholds below were measured with one."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture

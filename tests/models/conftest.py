@@ -9,18 +9,6 @@ TINY_DETECTOR = {"min_size": 64, "max_size": 64, "fpn_channels": 32, "representa
                  "rpn_pre_nms_top_n_test": 200, "rpn_post_nms_top_n_test": 100, "box_batch_size_per_image": 64}
 
 
-@pytest.fixture(autouse=True)
-def _one_thread(request):
-    """Run the detector tests on one thread: on a shared 2-core machine the default thread pool oversubscribes
-    and a tiny training step takes seconds instead of ~0.1 s. (The backbone's test files are left alone.)"""
-    if request.node.path.name in ("test_resnet.py", "test_imagenet.py"):
-        yield
-        return
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture
 def tiny_model():

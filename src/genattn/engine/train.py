@@ -67,7 +67,7 @@ def train(recipe: Recipe, *, data_root: str | os.PathLike | None = None,
         FloatingPointError: a non-finite loss with ``recipe.nonfinite_loss == 'raise'``, naming the iteration.
     """
     device, created_group = du.init_distributed(recipe.device)
-    rank, world = du.get_rank(), du.get_world_size()
+    rank = du.get_rank()
     work_dir = Path(work_dir) if work_dir is not None else Path("work_dirs") / recipe.model
     if rank == 0:
         work_dir.mkdir(parents=True, exist_ok=True)
