@@ -104,10 +104,13 @@ class RPNHead(nn.Module):
         n = features[0].shape[0]
         # Box arithmetic in float32 even under autocast (MMDetection's force_fp32): half precision cannot hold
         # pixel coordinates of an 800x1333 image to better than ~0.5 px.
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], torch.float32, features[0].device)
+        # At least float32, not exactly float32: a float64 model keeps float64 (NMS needs boxes and scores in one
+        # dtype, and the anchors must follow).
+        box_dtype = torch.promote_types(features[0].dtype, torch.float32)
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], box_dtype, features[0].device)
         # [N, A, H, W] -> [N, H*W*A]: location-major, anchor-minor, as the anchors are laid out.
-        flat_logits = [t.permute(0, 2, 3, 1).reshape(n, -1).float() for t in logits]
-        flat_deltas = [t.permute(0, 2, 3, 1).reshape(n, -1, 4).float() for t in deltas]
+        flat_logits = [t.permute(0, 2, 3, 1).reshape(n, -1).to(box_dtype) for t in logits]
+        flat_deltas = [t.permute(0, 2, 3, 1).reshape(n, -1, 4).to(box_dtype) for t in deltas]
         mode = "train" if self.training else "test"
         proposals = [
             self._proposals([t[i].detach() for t in flat_logits], [t[i].detach() for t in flat_deltas], anchors,
