@@ -20,8 +20,9 @@ Faster R-CNN with DCN needs, written against torchvision, with mmcv's call signa
 Every other name resolves to a placeholder class that raises when it is used, so importing works but nothing
 silently computes something else. This is our own code; nothing of mmcv is copied.
 
-Caveat for the parity check: with this shim MMDetection's RoIAlign, NMS and DCN *are* torchvision's, so a parity
-run cannot detect a difference between mmcv's compiled kernels and torchvision's; it checks everything around them.
+Kernels: by default torchvision's. With ``install(kernels='mmcv')`` NMS, RoIAlign and DCN v1 run mmcv's own CPU
+kernels, compiled from the C++ sources that the mmcv 1.x pip package ships (``tools/mmcv_kernels.py``): then the
+MMDetection side of a parity run is MMDetection + mmcv's kernels throughout. (DCN v2 stays on torchvision.)
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ from torch.nn.modules.utils import _pair
 from torchvision import ops as tv_ops
 
 __all__ = ["install"]
+
+# Which kernels back nms / roi_align / deform_conv2d: None = torchvision, else the extension module built by
+# tools/mmcv_kernels.py from mmcv's own C++ sources (set by install(kernels='mmcv')).
+_MMCV_EXT = None
 
 
 def _as_tensors(boxes, scores):
@@ -66,7 +71,10 @@ def nms(boxes, scores, iou_threshold: float, offset: int = 0, score_threshold: f
         boxes_f, scores_f, idx = boxes[valid], scores[valid], idx[valid]
     else:
         boxes_f, scores_f = boxes, scores
-    keep = tv_ops.nms(boxes_f.float(), scores_f.float(), float(iou_threshold))
+    if _MMCV_EXT is not None:
+        keep = _MMCV_EXT.nms(boxes_f.contiguous(), scores_f.contiguous(), float(iou_threshold), int(offset))
+    else:
+        keep = tv_ops.nms(boxes_f, scores_f, float(iou_threshold))
     if max_num > 0:
         keep = keep[:max_num]
     inds = idx[keep]
@@ -119,6 +127,13 @@ def roi_align(input: Tensor, rois: Tensor, output_size, spatial_scale: float = 1
     """mmcv's ``roi_align``: ``input [N, C, H, W]``, ``rois [K, 5]`` (batch index, x1, y1, x2, y2)."""
     if pool_mode != "avg":
         raise NotImplementedError("roi_align: only pool_mode='avg' is supported by the shim")
+    if _MMCV_EXT is not None:
+        oh, ow = _pair(output_size)
+        out = input.new_zeros((rois.shape[0], input.shape[1], oh, ow))
+        empty = input.new_zeros(0)
+        _MMCV_EXT.roi_align_forward(input.contiguous(), rois.to(input.dtype).contiguous(), out, empty, empty, oh, ow,
+                                    float(spatial_scale), int(sampling_ratio), 1, bool(aligned))
+        return out
     return tv_ops.roi_align(input, rois.to(input.dtype), _pair(output_size), float(spatial_scale),
                             int(sampling_ratio), bool(aligned))
 
@@ -150,6 +165,19 @@ def deform_conv2d(input, offset, weight, stride=1, padding=0, dilation=1, groups
     # torchvision infers the deformable groups from the offset's channels: 2 * deform_groups * kh * kw.
     if offset.shape[1] != 2 * deform_groups * weight.shape[2] * weight.shape[3]:
         raise ValueError("deform_conv2d: offset channels do not match deform_groups and the kernel")
+    if _MMCV_EXT is not None and mask is None:
+        (sh, sw), (ph, pw), (dh, dw) = _pair(stride), _pair(padding), _pair(dilation)
+        kh, kw = weight.shape[2:]
+        oh = (input.shape[2] + 2 * ph - (dh * (kh - 1) + 1)) // sh + 1
+        ow = (input.shape[3] + 2 * pw - (dw * (kw - 1) + 1)) // sw + 1
+        out = input.new_empty((input.shape[0], weight.shape[0], oh, ow))
+        step = min(im2col_step, input.shape[0])
+        while input.shape[0] % step:  # mmcv asserts divisibility; its callers pick a divisor
+            step -= 1
+        _MMCV_EXT.deform_conv_forward(input.contiguous(), weight.contiguous(), offset.to(input.dtype).contiguous(),
+                                      out, input.new_empty(0), input.new_empty(0), kw, kh, sw, sh, pw, ph, dw, dh,
+                                      groups, deform_groups, step)
+        return out
     return tv_ops.deform_conv2d(input, offset.to(input.dtype), weight, None, _pair(stride), _pair(padding),
                                 _pair(dilation), mask)
 
@@ -284,8 +312,20 @@ class _SubmoduleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         pass
 
 
-def install() -> types.ModuleType:
-    """Install the shim as ``mmcv.ops``; call before importing ``mmdet``. Returns the module (idempotent)."""
+def install(kernels: str = "torchvision") -> types.ModuleType:
+    """Install the shim as ``mmcv.ops``; call before importing ``mmdet``. Returns the module (idempotent).
+
+    Args:
+        kernels: ``'torchvision'`` or ``'mmcv'`` (mmcv's own CPU kernels for NMS, RoIAlign and DCN v1, compiled
+            from the installed mmcv package's sources by ``tools/mmcv_kernels.py``).
+    """
+    global _MMCV_EXT
+    if kernels not in ("torchvision", "mmcv"):
+        raise ValueError(f"kernels must be 'torchvision' or 'mmcv', got {kernels!r}")
+    if kernels == "mmcv" and _MMCV_EXT is None:
+        import mmcv_kernels
+
+        _MMCV_EXT = mmcv_kernels.load()
     if isinstance(sys.modules.get("mmcv.ops"), _OpsModule):
         return sys.modules["mmcv.ops"]
     import mmcv

@@ -7,9 +7,11 @@ Run by hand (CI does not: MMDetection is not a dependency of genattn). The oracl
     /tmp/mmdet2/bin/pip install --no-build-isolation mmcv==1.7.2 mmdet==2.28.2   # mmcv 1.x without ops
     cd <repo root> && PYTHONPATH=src /tmp/mmdet2/bin/python tools/mmdet_parity.py [--models NAME ...] [--quick]
 
-mmcv 1.7.2 installs without its compiled ops; ``tools/mmcv_ops_shim.py`` puts a torchvision-backed
-``mmcv.ops`` in place before MMDetection is imported (so RoIAlign, NMS and DCN on the MMDetection side are
-torchvision's: this check cannot see differences between mmcv's compiled kernels and torchvision's).
+mmcv 1.7.2 installs without its compiled ops; ``tools/mmcv_ops_shim.py`` puts an ``mmcv.ops`` of our own in place
+before MMDetection is imported. Its NMS, RoIAlign and DCN run torchvision's kernels by default, or, with
+``--kernels mmcv``, mmcv's own CPU kernels compiled (once, a few minutes, cached in ~/.cache/genattn) from the
+C++ sources the mmcv 1.7.2 package ships (``tools/mmcv_kernels.py``; needs g++ and ninja). Only the latter
+makes the MMDetection side independent of torchvision's kernels, which our detector uses.
 
 For each model (the four seed models and the two reference models) the script
 1. builds MMDetection's detector from MMDetection's own config file (``configs/empirical_attention/...``,
@@ -57,7 +59,11 @@ from torch import nn
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import mmcv_ops_shim  # noqa: E402  (must come before mmdet)
 
-mmcv_ops_shim.install()
+# The kernel choice must be known before MMDetection is imported (it is repeated in main()'s parser for --help).
+_pre = argparse.ArgumentParser(add_help=False)
+_pre.add_argument("--kernels", choices=("torchvision", "mmcv"), default="torchvision")
+KERNELS = _pre.parse_known_args()[0].kernels if __name__ == "__main__" else "torchvision"
+mmcv_ops_shim.install(KERNELS)
 warnings.filterwarnings("ignore")
 
 import mmcv  # noqa: E402
@@ -330,6 +336,44 @@ def compare(name: str, images: list[np.ndarray], seed: int, cls_logit_std: float
     return rows
 
 
+@torch.no_grad()
+def kernel_rows(seed: int) -> dict[str, str]:
+    """mmcv's compiled CPU kernels against torchvision's, on random float64 inputs (needs ``--kernels mmcv``)."""
+    from torchvision import ops as tv
+
+    ext = mmcv_ops_shim._MMCV_EXT
+    g = torch.Generator().manual_seed(seed)
+    rows = {}
+    # RoIAlign, aligned and not, adaptive and fixed sampling; boxes partly outside the map.
+    x = torch.randn(2, 8, 25, 38, generator=g, dtype=torch.float64)
+    xy = torch.rand(300, 2, generator=g, dtype=torch.float64) * 330 - 15
+    wh = torch.rand(300, 2, generator=g, dtype=torch.float64) * 200 + 0.5
+    rois = torch.cat([torch.randint(0, 2, (300, 1), generator=g).double(), xy, xy + wh], 1)
+    for aligned in (True, False):
+        for ratio in (0, 2):
+            out = x.new_zeros(300, 8, 7, 7)
+            ext.roi_align_forward(x, rois, out, x.new_zeros(0), x.new_zeros(0), 7, 7, 1 / 8, ratio, 1, aligned)
+            ref = tv.roi_align(x, rois, 7, 1 / 8, ratio, aligned)
+            rows[f"RoIAlign aligned={aligned} sampling_ratio={ratio}"] = maxdiff(out, ref)
+    # NMS: identical kept indices (mmcv offset 0 = torchvision's box size convention).
+    boxes = torch.cat([xy, xy + wh], 1)
+    scores = torch.rand(300, generator=g, dtype=torch.float64)
+    same = all(torch.equal(ext.nms(boxes, scores, t, 0), tv.nms(boxes, scores, t)) for t in (0.3, 0.5, 0.7))
+    rows["NMS kept indices (IoU 0.3 / 0.5 / 0.7)"] = "identical" if same else "DIFFERENT"
+    # Deformable conv v1 with offsets of several pixels (also outside the map), stride 1 and 2, 2 offset groups.
+    for stride, dg in ((1, 1), (2, 1), (1, 2)):
+        inp = torch.randn(2, 6, 13, 17, generator=g, dtype=torch.float64)
+        w = torch.randn(4, 6, 3, 3, generator=g, dtype=torch.float64)
+        oh, ow = (13 + 2 - 3) // stride + 1, (17 + 2 - 3) // stride + 1
+        off = torch.randn(2, 2 * dg * 9, oh, ow, generator=g, dtype=torch.float64) * 3
+        out = inp.new_empty(2, 4, oh, ow)
+        ext.deform_conv_forward(inp, w, off, out, inp.new_empty(0), inp.new_empty(0), 3, 3, stride, stride, 1, 1,
+                                1, 1, 1, dg, 2)
+        ref = tv.deform_conv2d(inp, off, w, None, stride, 1, 1)
+        rows[f"DCN v1 stride {stride}, deform_groups {dg}"] = maxdiff(out, ref)
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
@@ -344,16 +388,25 @@ def main() -> None:
                              "sharp attention, in float32 a chaotic network)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="float64 removes float noise: differences left are real")
+    parser.add_argument("--kernels", choices=("torchvision", "mmcv"), default="torchvision",
+                        help="what runs NMS / RoIAlign / DCN on the MMDetection side: torchvision (shim) or mmcv's "
+                             "own CPU kernels compiled from the installed mmcv sources (tools/mmcv_kernels.py)")
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     sizes = [(240, 320)] if args.quick else [(480, 640), (300, 917)]
     scale = (320, 544) if args.quick else (args.min_size, args.max_size)
     images = [synthetic_image(h, w, seed=args.seed + i) for i, (h, w) in enumerate(sizes)]
-    print(f"MMDetection {mmdet.__version__}, mmcv {mmcv.__version__} (ops: torchvision shim), torch "
+    print(f"MMDetection {mmdet.__version__}, mmcv {mmcv.__version__} (ops: {KERNELS} kernels via the shim), torch "
           f"{torch.__version__}; seed {args.seed}; fc_cls gain {args.cls_logit_std}; "
           f"attention q/k gain {args.attn_qk_gain}; {args.dtype}; "
           f"test scale {scale}\n")
+    if KERNELS == "mmcv":
+        print("### mmcv's CPU kernels vs torchvision's (float64, random inputs)\n")
+        print("| kernel | max abs diff (rel) |\n|---|---|")
+        for key, value in kernel_rows(args.seed).items():
+            print(f"| {key} | {value} |")
+        print(flush=True)
     with tempfile.TemporaryDirectory() as workdir:
         for name in args.models:
             t0 = time.time()
