@@ -72,7 +72,9 @@ def nms(boxes, scores, iou_threshold: float, offset: int = 0, score_threshold: f
     else:
         boxes_f, scores_f = boxes, scores
     if _MMCV_EXT is not None:
-        keep = _MMCV_EXT.nms(boxes_f.contiguous(), scores_f.contiguous(), float(iou_threshold), int(offset))
+        # mmcv's CPU NMS is float32-only (MMDetection never runs it on anything else).
+        keep = _MMCV_EXT.nms(boxes_f.float().contiguous(), scores_f.float().contiguous(), float(iou_threshold),
+                             int(offset))
     else:
         keep = tv_ops.nms(boxes_f, scores_f, float(iou_threshold))
     if max_num > 0:

@@ -356,8 +356,8 @@ def kernel_rows(seed: int) -> dict[str, str]:
             ref = tv.roi_align(x, rois, 7, 1 / 8, ratio, aligned)
             rows[f"RoIAlign aligned={aligned} sampling_ratio={ratio}"] = maxdiff(out, ref)
     # NMS: identical kept indices (mmcv offset 0 = torchvision's box size convention).
-    boxes = torch.cat([xy, xy + wh], 1)
-    scores = torch.rand(300, generator=g, dtype=torch.float64)
+    boxes = torch.cat([xy, xy + wh], 1).float()  # mmcv's CPU NMS is float32-only
+    scores = torch.rand(300, generator=g)
     same = all(torch.equal(ext.nms(boxes, scores, t, 0), tv.nms(boxes, scores, t)) for t in (0.3, 0.5, 0.7))
     rows["NMS kept indices (IoU 0.3 / 0.5 / 0.7)"] = "identical" if same else "DIFFERENT"
     # Deformable conv v1 with offsets of several pixels (also outside the map), stride 1 and 2, 2 offset groups.
