@@ -124,8 +124,8 @@ def build_mmdet(name: str) -> tuple[nn.Module, mmcv.Config]:
 
 
 @torch.no_grad()
-def randomise(model: nn.Module, image: torch.Tensor, seed: int, cls_logit_std: float, attn_qk_gain: float = 0.5
-              ) -> None:
+def randomise(model: nn.Module, image: torch.Tensor, seed: int, cls_logit_std: float, attn_qk_gain: float = 0.5,
+              offset_gain: float = 0.1) -> None:
     """Random weights under which every part of the network changes the output (see the module docstring)."""
     g = torch.Generator().manual_seed(seed)
 
@@ -144,8 +144,10 @@ def randomise(model: nn.Module, image: torch.Tensor, seed: int, cls_logit_std: f
                 uniform_(p, 0.5, 1.5)
             elif pname in ("appr_bias", "geom_bias"):
                 normal_(p, 1.0 / math.sqrt(p.shape[-1]))
-            elif "conv_offset" in full:  # offsets of the order of a pixel, fractional
-                normal_(p, 1.0 / math.sqrt(p[0].numel())) if p.dim() > 1 else uniform_(p, -1.0, 1.0)
+            elif "conv_offset" in full:
+                # Offsets of about a pixel, fractional, varying over the image; the input-dependent part is kept
+                # small, as in trained DCNs: large offset weights make the output chaotic in float32 noise.
+                normal_(p, offset_gain / math.sqrt(p[0].numel())) if p.dim() > 1 else uniform_(p, -1.0, 1.0)
             elif p.dim() > 1:
                 gain = 0.1 if ("fc_reg" in full or "rpn_reg" in full) else math.sqrt(2.0)
                 if any(k in full for k in ("query_conv", "key_conv", "appr_geom_fc")):
@@ -254,10 +256,10 @@ def detection_row(ref, ours) -> str:
 
 @torch.no_grad()
 def compare(name: str, images: list[np.ndarray], seed: int, cls_logit_std: float, workdir: str,
-            scale: tuple[int, int], attn_qk_gain: float, dtype: torch.dtype) -> list[dict]:
+            scale: tuple[int, int], attn_qk_gain: float, dtype: torch.dtype, offset_gain: float) -> list[dict]:
     mm, cfg = build_mmdet(name)
     calib, _ = mmdet_preprocess(cfg, images[0], scale)
-    randomise(mm, calib, seed, cls_logit_std, attn_qk_gain)
+    randomise(mm, calib, seed, cls_logit_std, attn_qk_gain, offset_gain)
     path = os.path.join(workdir, f"{name}.pth")
     save_mmdet_checkpoint(mm, cfg, path)
     ours = get_model(name, weights=path, min_size=scale[0], max_size=scale[1]).eval()  # strict load through our converter
@@ -386,6 +388,9 @@ def main() -> None:
     parser.add_argument("--attn-qk-gain", type=float, default=0.25,
                         help="gain of the random attention query/key/position weights (sqrt(2) = kaiming: very "
                              "sharp attention, in float32 a chaotic network)")
+    parser.add_argument("--offset-gain", type=float, default=0.1,
+                        help="gain of the random DCN offset-conv weights (1 = kaiming-like: offsets that swing by "
+                             "pixels with the input, chaotic in float32)")
     parser.add_argument("--dtype", choices=("float32", "float64"), default="float32",
                         help="float64 removes float noise: differences left are real")
     parser.add_argument("--kernels", choices=("torchvision", "mmcv"), default="torchvision",
@@ -399,7 +404,7 @@ def main() -> None:
     images = [synthetic_image(h, w, seed=args.seed + i) for i, (h, w) in enumerate(sizes)]
     print(f"MMDetection {mmdet.__version__}, mmcv {mmcv.__version__} (ops: {KERNELS} kernels via the shim), torch "
           f"{torch.__version__}; seed {args.seed}; fc_cls gain {args.cls_logit_std}; "
-          f"attention q/k gain {args.attn_qk_gain}; {args.dtype}; "
+          f"attention q/k gain {args.attn_qk_gain}; DCN offset gain {args.offset_gain}; {args.dtype}; "
           f"test scale {scale}\n")
     if KERNELS == "mmcv":
         print("### mmcv's CPU kernels vs torchvision's (float64, random inputs)\n")
@@ -411,7 +416,7 @@ def main() -> None:
         for name in args.models:
             t0 = time.time()
             rows = compare(name, images, args.seed, args.cls_logit_std, workdir, scale, args.attn_qk_gain,
-                           getattr(torch, args.dtype))
+                           getattr(torch, args.dtype), args.offset_gain)
             print(f"### {name}  ({time.time() - t0:.0f} s)\n")
             print("| quantity | " + " | ".join(f"image {i + 1}" for i in range(len(rows))) + " |")
             print("|---|" + "---|" * len(rows))
