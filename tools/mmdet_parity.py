@@ -262,7 +262,8 @@ def compare(name: str, images: list[np.ndarray], seed: int, cls_logit_std: float
     randomise(mm, calib, seed, cls_logit_std, attn_qk_gain, offset_gain)
     path = os.path.join(workdir, f"{name}.pth")
     save_mmdet_checkpoint(mm, cfg, path)
-    ours = get_model(name, weights=path, min_size=scale[0], max_size=scale[1]).eval()  # strict load through our converter
+    # Strict load through our converter.
+    ours = get_model(name, weights=path, min_size=scale[0], max_size=scale[1]).eval()
     mm.to(dtype)
     ours.to(dtype)
     cat_ids = torch.tensor(ours.category_ids)
@@ -315,8 +316,8 @@ def compare(name: str, images: list[np.ndarray], seed: int, cls_logit_std: float
             pix = (batch.tensors * std + mean) * 255
             pix = ((pix.round().clamp(0, 255) / 255 - mean) / std)[..., :h, :w]
             d8 = (pix - img[..., :h, :w]).abs()
-            r["resize, ours rounded to uint8 vs mmdet's"] = (f"max {d8.max().item():.3f}, "
-                                                              f"differing pixels {(d8 > 1e-4).float().mean().item():.4f}")
+            share = (d8 > 1e-4).float().mean().item()
+            r["resize, ours rounded to uint8 vs mmdet's"] = f"max {d8.max().item():.3f}, differing pixels {share:.4f}"
         else:
             r["resize: our input vs mmdet's (normalised)"] = f"SIZE {tuple(batch.tensors.shape)} vs {tuple(img.shape)}"
         out = ours([img_float])[0]
