@@ -34,8 +34,8 @@ Computation paths (``impl``; all give the same result, see ``genattn.attention.p
 * ``'flex'``: FlexAttention with a score_mod (CUDA only).
 * ``'key_only'``: '0010' without spatial_range: one context vector per image.
 * ``'separable'``: '0001': the softmax factorises into an x softmax times a y softmax.
-* ``'auto'``: key_only / separable where they apply; otherwise flex on CUDA (when it compiles), else
-  sdpa (see ``paths.choose``).
+* ``'auto'``: key_only / separable where they apply; otherwise flex on CUDA (with Triton); on CPU sdpa for
+  inference and chunked for training when position terms or a window are on (see ``paths.choose``).
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ class GeneralizedAttention(nn.Module):
         """
         self._check_input(x)
         t = self.decompose(x)
-        name = paths.choose(self.impl, self.attention_type, self.spatial_range, t, self.training)
+        name = paths.choose(self.impl, self.attention_type, self.spatial_range, t)
         out = paths.run(name, t)  # [N, h, Nq', dv]; Nq' = 1 for key_only (one context vector per image)
         n = x.shape[0]
         hq, wq = (1, 1) if out.shape[2] == 1 and t.nq != 1 else (t.hq, t.wq)

@@ -3,10 +3,13 @@
 Every path maps the decomposed terms (``genattn.attention.terms.Terms``) to the attention output
 ``[N, h, Nq, dv]`` (``[N, h, 1, dv]`` for ``key_only``) and gives the same result up to rounding.
 
-``'auto'`` picks ``key_only`` for '0010' without a window, ``separable`` for '0001', FlexAttention on CUDA with
-Triton, and otherwise ``sdpa`` (on a 2-core CPU it measured faster than ``chunked`` in forward and
-forward+backward at the ResNet-50 stage-3/4 shapes, with similar memory; see ``benchmarks/attention.py``).
-An empty batch takes ``materialize``, which handles it trivially.
+``'auto'`` picks ``key_only`` for '0010' without a window, ``separable`` for '0001' and FlexAttention on CUDA
+with Triton. Elsewhere (CPU): ``sdpa`` for inference and for types whose energy needs no position terms or
+window (its fused kernel then runs at the plain head width), ``chunked`` when gradients are needed and the
+position terms widen sdpa's vectors. Measured on a shared 2-core CPU at the ResNet-50 stage-3 shape, '1111'
+(noisy; see ``benchmarks/attention.py``): forward, sdpa ~20% faster than chunked; forward+backward, chunked
+~20-30% faster than sdpa with ~20% less peak memory (but sdpa, one fused call, degrades less when the cores
+are oversubscribed). An empty batch takes ``materialize``, which handles it trivially.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ def applicable(attention_type: str, spatial_range: int, device_type: str = "cpu"
     return names
 
 
-def choose(impl: str, attention_type: str, spatial_range: int, t: Terms, training: bool) -> str:
-    """The path to run: ``impl`` itself unless it is ``'auto'``."""
+def choose(impl: str, attention_type: str, spatial_range: int, t: Terms) -> str:
+    """The path to run: ``impl`` itself unless it is ``'auto'`` (which looks at whether gradients are needed)."""
     if impl != "auto":
         return impl
     if t.batch == 0:
@@ -67,6 +70,11 @@ def choose(impl: str, attention_type: str, spatial_range: int, t: Terms, trainin
         return "separable"
     if flex_available(t.value.device):
         return "flex"
+    # sdpa widens queries/keys by wk + hk one-hot columns for the position terms or a window; its backward then
+    # costs ~3x the plain d-wide one, and the chunked path's custom backward wins in training.
+    widened = t.bias_x is not None or t.window_x is not None
+    if widened and t.value.requires_grad:
+        return "chunked"
     return "sdpa"
 
 

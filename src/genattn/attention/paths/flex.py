@@ -2,7 +2,8 @@
 
 ``score(q, k) = q.k + c[k] + bias_x[q, kx] + bias_y[q, ky]``; the spatial window is a block mask, so blocks
 outside every window are skipped. Gradients reach the captured ``c``/``bias_x``/``bias_y`` through FlexAttention's
-support for captured tensors. Untested on machines without a GPU (the CUDA tests skip there).
+support for captured tensors. The score_mod/mask_mod logic was checked against the other paths through
+inductor's CPU backend (forward only: FlexAttention has no CPU backward); the CUDA tests skip without a GPU.
 """
 
 from __future__ import annotations
@@ -19,7 +20,9 @@ from genattn.attention.terms import Terms
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
 
-    return torch.compile(flex_attention, dynamic=False)
+    # Detection inputs change size from batch to batch: let dynamo mark sizes dynamic after the first recompile
+    # instead of compiling once per shape.
+    return torch.compile(flex_attention)
 
 
 def flex_available(device: torch.device) -> bool:

@@ -18,27 +18,34 @@ def stats_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 def full_energy(t: Terms) -> Tensor:
-    """``[N, h, Nq, Nk]`` energy of all query/key pairs, ``-inf`` outside the spatial window."""
+    """``[N, h, Nq, Nk]`` energy of all query/key pairs, ``-inf`` outside the spatial window.
+
+    Follows the original's sequence of full-size operations so the yardstick costs what the original costs:
+    the E3 bias is folded into the content matmul when E1 is on (mmcv multiplies ``(q + u) . k``), and the
+    x and y position parts are summed into a full-size temporary before being added.
+    """
     n, h = t.batch, t.heads
     if t.query is not None:
-        energy = torch.matmul(t.query, t.key.transpose(-1, -2))
+        if t.key_bias is not None:  # [q, 1] . [k, u.k] = (q + u) . k
+            ones = torch.ones_like(t.query[..., :1])
+            energy = torch.matmul(torch.cat((t.query, ones), -1),
+                                  torch.cat((t.key, t.key_bias.unsqueeze(-1).to(t.key.dtype)), -1).transpose(-1, -2))
+        else:
+            energy = torch.matmul(t.query, t.key.transpose(-1, -2))
     else:
         dtype = t.value.dtype
         for extra in (t.key_bias, t.bias_x, t.bias_y):
             if extra is not None:
                 dtype = torch.promote_types(dtype, extra.dtype)
         energy = t.value.new_zeros((n, h, t.nq, t.nk), dtype=dtype)
-    grid = energy.view(n, h, t.hq, t.wq, t.hk, t.wk)
-    # In-place accumulation, as the original does, so the yardstick's memory is the original's.
-    if t.key_bias is not None:
-        grid += t.key_bias.view(n, h, 1, 1, t.hk, t.wk)
+        if t.key_bias is not None:
+            energy.view(n, h, t.hq, t.wq, t.hk, t.wk).add_(t.key_bias.view(n, h, 1, 1, t.hk, t.wk))
     if t.bias_x is not None:
-        grid += t.bias_x.unsqueeze(-2)
-    if t.bias_y is not None:
-        grid += t.bias_y.unsqueeze(-1)
+        grid = energy.view(n, h, t.hq, t.wq, t.hk, t.wk)
+        grid += t.bias_x.unsqueeze(-2) + t.bias_y.unsqueeze(-1)  # a full-size temporary, as in the original
     if t.window_x is not None:
         allowed = (t.window_y[:, None, :, None] & t.window_x[None, :, None, :]).reshape(t.nq, t.nk)
-        energy = energy.masked_fill(~allowed, float("-inf"))
+        energy.masked_fill_(~allowed, float("-inf"))
     return energy
 
 

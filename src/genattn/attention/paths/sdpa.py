@@ -65,7 +65,9 @@ def augmented(t: Terms, dtype: torch.dtype | None = None) -> tuple[Tensor, Tenso
         qa, ka = F.pad(qa, (0, width - qa.shape[-1])), F.pad(ka, (0, width - ka.shape[-1]))
     if va.shape[-1] < width:
         va = F.pad(va, (0, width - va.shape[-1]))
-    return qa, ka, va
+    # The conv outputs arrive transposed (d not innermost); the fused kernels need unit stride in the last
+    # dimension and otherwise fall back to the materialising math kernel.
+    return qa.contiguous(), ka.contiguous(), va.contiguous()
 
 
 def sdpa_attention(t: Terms) -> Tensor:

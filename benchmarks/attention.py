@@ -1,0 +1,232 @@
+"""Speed and memory of GeneralizedAttention's computation paths at ResNet-50's attention shapes.
+
+Shapes (an 800x1333 image; the attention sits after conv2 of every layer3/layer4 bottleneck): stage 3, 256
+channels at 50x84; stage 4, 512 channels at 25x42. Batch 2, 8 heads, kv_stride 2, float32, gamma = 1.
+
+For every (shape, attention type, path) the script reports the median time and the peak memory of
+* forward: inference, under ``torch.no_grad()``;
+* forward+backward: ``module(x).sum().backward()`` with ``x.requires_grad``,
+and the ratios against the ``materialize`` path (the original algorithm: full energy), the yardstick.
+
+Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above the memory held before the step. On CPU, each
+case runs in a fresh subprocess with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` (so every tensor above 64 KiB is
+its own mapping, returned to the OS when freed), the kernel's peak-RSS counter is reset through
+``/proc/self/clear_refs`` after a warm-up, and the peak is ``VmHWM`` minus ``VmRSS`` at the reset: the memory
+the step needed on top of its inputs and weights (tracemalloc cannot see torch's allocations).
+
+Usage::
+
+    python benchmarks/attention.py                # CPU, and CUDA when present; Markdown table to stdout
+    python benchmarks/attention.py --quick        # smoke run: 1 warm-up, 2 timed repeats
+    python benchmarks/attention.py --types 1111 --shapes stage3 --json out.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import time
+
+SHAPES = {"stage3": (256, 50, 84), "stage4": (512, 25, 42)}
+TYPES = ("1111", "0010", "1000", "0100", "0001")
+BATCH, HEADS, KV_STRIDE = 2, 8, 2
+
+
+def _import_genattn():
+    try:
+        import genattn  # noqa: F401
+    except ImportError:  # running from a checkout without installing
+        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
+
+
+def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup: int, repeats: int,
+                 threads: int) -> dict:
+    """Time and peak memory of one case in this process (CPU: call in a fresh subprocess)."""
+    import torch
+
+    _import_genattn()
+    from genattn.attention import GeneralizedAttention
+    from genattn.attention import paths
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    channels, height, width = SHAPES[shape]
+    m = GeneralizedAttention(channels, num_heads=HEADS, kv_stride=KV_STRIDE, attention_type=attention_type,
+                             impl=impl).to(device)
+    with torch.no_grad():
+        m.gamma.fill_(1.0)
+    x = torch.randn(BATCH, channels, height, width, device=device)
+    with torch.no_grad():
+        chosen_fwd = paths.choose(impl, attention_type, -1, m.decompose(x))
+    chosen_fb = paths.choose(impl, attention_type, -1, m.decompose(x.requires_grad_()))
+    x.requires_grad_(False)
+    chosen = chosen_fwd if chosen_fwd == chosen_fb else f"{chosen_fwd}/{chosen_fb}"
+
+    def sync():
+        if device == "cuda":
+            torch.cuda.synchronize()
+
+    def forward():
+        with torch.no_grad():
+            m(x)
+
+    def forward_backward():
+        xg = x.detach().requires_grad_()
+        m(xg).sum().backward()
+        m.zero_grad(set_to_none=True)
+
+    result = {"device": device, "shape": shape, "type": attention_type, "impl": impl, "chosen": chosen}
+    for mode, step in (("fwd", forward), ("fb", forward_backward)):
+        for _ in range(warmup):
+            step()
+        sync()
+        # one step for the peak memory
+        if device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+            base = torch.cuda.memory_allocated()
+            step()
+            sync()
+            peak = torch.cuda.max_memory_allocated() - base
+        else:
+            with open("/proc/self/clear_refs", "w") as f:
+                f.write("5")  # reset VmHWM to the current RSS
+            base = _status_kib("VmRSS")
+            step()
+            peak = (_status_kib("VmHWM") - base) * 1024
+        times = []
+        for _ in range(repeats):
+            sync()
+            start = time.perf_counter()
+            step()
+            sync()
+            times.append(time.perf_counter() - start)
+        result[f"{mode}_ms"] = statistics.median(times) * 1e3
+        result[f"{mode}_mb"] = peak / 2**20
+    return result
+
+
+def run_cpu_case(args, shape, attention_type, impl) -> dict:
+    env = dict(os.environ, MALLOC_MMAP_THRESHOLD_="65536", OMP_NUM_THREADS=str(args.threads))
+    cmd = [sys.executable, os.path.abspath(__file__), "--_case", json.dumps(
+        dict(device="cpu", shape=shape, attention_type=attention_type, impl=impl, warmup=args.warmup,
+             repeats=args.repeats, threads=args.threads))]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode:
+        raise RuntimeError(f"case {shape} {attention_type} {impl} failed:\n{proc.stderr}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def device_name(device: str, threads: int) -> str:
+    if device == "cuda":
+        import torch
+
+        return f"{torch.cuda.get_device_name()} (CUDA)"
+    model = platform.processor() or "CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
+    except (OSError, AttributeError):
+        pass
+    return f"{model}, {os.cpu_count()} logical cores, {threads} threads"
+
+
+def markdown(results: list[dict], title: str) -> str:
+    lines = [f"### {title}", "",
+             "| shape | type | path | fwd ms | fwd MB | f+b ms | f+b MB | fwd speed-up | f+b speed-up | f+b memory |",
+             "|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    yard = {(r["shape"], r["type"]): r for r in results if r["impl"] == "materialize"}
+    for r in results:
+        y = yard.get((r["shape"], r["type"]))
+        path = r["impl"] if r["impl"] != "auto" else f"auto ({r['chosen']})"
+
+        def ratio(a, b, fmt="{:.2f}x"):
+            return fmt.format(a / b) if y and b > 0 else "-"
+
+        lines.append(
+            f"| {r['shape']} | {r['type']} | {path} | {r['fwd_ms']:.1f} | {r['fwd_mb']:.0f} | {r['fb_ms']:.1f} | "
+            f"{r['fb_mb']:.0f} | {ratio(y['fwd_ms'] if y else 0, r['fwd_ms'])} | "
+            f"{ratio(y['fb_ms'] if y else 0, r['fb_ms'])} | {ratio(r['fb_mb'], y['fb_mb'] if y else 0, '{:.2f}')} |")
+    lines.append("")
+    lines.append("Speed-ups: materialize time / path time. f+b memory: path peak / materialize peak.")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--device", choices=["all", "cpu", "cuda"], default="all",
+                        help="'all': CPU, plus CUDA when available")
+    parser.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
+    parser.add_argument("--types", nargs="+", default=list(TYPES))
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--impls", nargs="+", default=None, help="paths to run (default: all applicable + auto)")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 2 timed repeats")
+    parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--_case", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args._case:
+        print(json.dumps(measure_case(**json.loads(args._case))))
+        return 0
+    if args.quick:
+        args.warmup, args.repeats = 1, 2
+    for t in args.types:
+        if len(t) != 4 or set(t) - {"0", "1"} or t == "0000":
+            parser.error(f"--types: bad attention type {t!r}")
+    if args.threads < 1:
+        parser.error(f"--threads must be >= 1, got {args.threads}")
+
+    import torch
+
+    _import_genattn()
+    from genattn.attention.paths import applicable
+
+    devices = ["cpu"] if args.device in ("all", "cpu") else []
+    if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
+        if not torch.cuda.is_available():
+            parser.error("--device cuda: CUDA is not available")
+        devices.append("cuda")
+    all_results = []
+    for device in devices:
+        results = []
+        for shape in args.shapes:
+            for attention_type in args.types:
+                impls = args.impls or ["materialize"] + [
+                    p for p in applicable(attention_type, -1, device) if p != "materialize"] + ["auto"]
+                for impl in impls:
+                    if impl not in applicable(attention_type, -1, device) + ["auto"]:
+                        continue
+                    if device == "cpu":
+                        r = run_cpu_case(args, shape, attention_type, impl)
+                    else:
+                        r = measure_case(device, shape, attention_type, impl, args.warmup, args.repeats,
+                                         args.threads)
+                    print(f"# {device} {shape} {attention_type} {impl}: fwd {r['fwd_ms']:.1f} ms "
+                          f"{r['fwd_mb']:.0f} MB, f+b {r['fb_ms']:.1f} ms {r['fb_mb']:.0f} MB",
+                          file=sys.stderr, flush=True)
+                    results.append(r)
+        title = (f"{device_name(device, args.threads)}; torch {torch.__version__}; batch {BATCH}, {HEADS} heads, "
+                 f"kv_stride {KV_STRIDE}, float32; median of {args.repeats}")
+        print(markdown(results, title))
+        print()
+        all_results += results
+    if args.json:
+        with open(args.json + ".tmp", "w") as f:
+            json.dump(all_results, f, indent=1)
+        os.replace(args.json + ".tmp", args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,276 @@
+"""Inference speed and peak training memory of a detector, measured the way the seed's table reports them.
+
+* **Inference time (fps)**: batch 1, a few untimed warm-up images, then the median wall time over N images of
+  the whole ``model(images)`` call (resize, normalisation, backbone, heads, post-processing), synchronising
+  CUDA around each call; fps = 1 / median.
+* **Peak training memory (GB)**: a few SGD steps (momentum, so the optimizer state counts) on random images
+  with random boxes. On CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak, like
+  MMDetection's logs. On CPU no allocator statistics exist, so a fresh subprocess runs the steps and reports
+  its peak resident set (``VmHWM`` in ``/proc/self/status``) minus its resident set after importing torch and
+  genattn (before the model is built): the model, its gradients, the optimizer state and the activations,
+  plus allocator slack. CPU and CUDA figures are therefore comparable between models but not to each other.
+
+The device is always named in the result.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from tqdm import tqdm
+
+__all__ = ["benchmark", "inference_speed", "training_memory", "training_step_time", "format_result", "device_name"]
+
+
+def _device(device: str | torch.device | None) -> torch.device:
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} requested but CUDA is not available")
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device must be cpu or cuda[:N], got {device}")
+    return device
+
+
+def device_name(device: torch.device) -> str:
+    """A human-readable name of the device, e.g. 'NVIDIA H100' or 'CPU x86_64, 2 threads'."""
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return f"CPU {cpu} ({os.cpu_count()} cores), {torch.get_num_threads()} threads"
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def inference_speed(model: torch.nn.Module, images: Sequence[torch.Tensor], *, warmup: int = 3,
+                    progress: bool = False) -> dict[str, Any]:
+    """Median batch-1 inference time of ``model`` over ``images``.
+
+    Args:
+        model: a detector following genattn's call convention (``model([image])`` in eval mode).
+        images: the timed images, each [3, H, W] float in [0, 1], already on the model's device. The first
+            ``warmup`` calls reuse them untimed.
+        warmup: untimed calls before timing (allocator, cuDNN autotuning, lazy initialisation).
+        progress: show a progress bar.
+
+    Returns:
+        ``{'median_s', 'fps', 'times_s'}``.
+    """
+    if not images:
+        raise ValueError("inference_speed needs at least one image")
+    device = images[0].device
+    model.eval()
+    for i in range(max(warmup, 0)):
+        model([images[i % len(images)]])
+    _sync(device)
+    times = []
+    for image in tqdm(images, desc="bench", unit="img", disable=not progress, dynamic_ncols=True, leave=False):
+        _sync(device)
+        start = time.perf_counter()
+        model([image])
+        _sync(device)
+        times.append(time.perf_counter() - start)
+    median = statistics.median(times)
+    return {"median_s": median, "fps": 1.0 / median, "times_s": times}
+
+
+def _random_batch(batch_size: int, input_size: tuple[int, int], category_ids: Sequence[int],
+                  generator: torch.Generator) -> tuple[list[torch.Tensor], list[dict[str, torch.Tensor]]]:
+    h, w = input_size
+    images, targets = [], []
+    for _ in range(batch_size):
+        images.append(torch.rand(3, h, w, generator=generator))
+        xy = torch.rand(3, 2, generator=generator) * torch.tensor([w * 0.6, h * 0.6])
+        wh = (torch.rand(3, 2, generator=generator) * 0.3 + 0.1) * torch.tensor([w, h])
+        labels = torch.tensor(category_ids)[torch.randint(len(category_ids), (3,), generator=generator)]
+        targets.append({"boxes": torch.cat([xy, xy + wh], 1), "labels": labels})
+    return images, targets
+
+
+def _train_steps(model: torch.nn.Module, device: torch.device, *, steps: int, batch_size: int,
+                 input_size: tuple[int, int]) -> None:
+    model.train()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        images, targets = _random_batch(batch_size, input_size, list(model.category_ids), gen)
+        images = [i.to(device) for i in images]
+        targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
+        loss = sum(model(images, targets).values())
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+def training_step_time(spec, *, steps: int = 4, warmup: int = 1, batch_size: int = 2,
+                       input_size: tuple[int, int] = (480, 640), device: str | torch.device | None = None) -> float:
+    """Median wall time of one SGD step (random images and boxes) of a freshly built model, in seconds.
+
+    Used to size a run to a time budget (``genattn demo``); ``warmup`` untimed steps come first.
+    """
+    dev = _device(device)
+    torch.manual_seed(0)
+    model = spec.build().to(dev)
+    _train_steps(model, dev, steps=warmup, batch_size=batch_size, input_size=input_size)
+    times = []
+    for _ in range(steps):
+        _sync(dev)
+        start = time.perf_counter()
+        _train_steps(model, dev, steps=1, batch_size=batch_size, input_size=input_size)
+        _sync(dev)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def _status_kib(field: str) -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise RuntimeError(f"{field} not found in /proc/self/status")
+
+
+def training_memory(spec, *, device: str | torch.device | None = None, steps: int = 3, batch_size: int = 2,
+                    input_size: tuple[int, int] = (480, 640), threads: int | None = None) -> dict[str, Any]:
+    """Peak memory of a few training steps of a freshly built model (see the module docstring for how).
+
+    Args:
+        spec: a :class:`genattn.inference.ModelSpec` (rebuilt here; weights do not change the memory).
+        device: cpu or cuda (default: cuda if available).
+        steps: SGD steps (>= 1).
+        batch_size: images per step.
+        input_size: (H, W) of the random images before the model's resize.
+        threads: CPU threads of the measuring process.
+
+    Returns:
+        ``{'mem_gb', 'mem_method'}``.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    device = _device(device)
+    if device.type == "cuda":
+        model = spec.build().to(device)
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+        _train_steps(model, device, steps=steps, batch_size=batch_size, input_size=input_size)
+        torch.cuda.synchronize(device)
+        # Count the model's own parameters like MMDetection does (its models are on the GPU from the start).
+        peak = torch.cuda.max_memory_allocated(device)
+        del model
+        return {"mem_gb": peak / 2**30, "mem_method": f"torch.cuda.max_memory_allocated (base {base / 2**30:.2f} GB)"}
+    if not Path("/proc/self/status").exists():
+        return {"mem_gb": float("nan"), "mem_method": "unavailable (needs /proc/self/status)"}
+    job = {"spec": spec.to_dict(), "steps": steps, "batch_size": batch_size, "input_size": list(input_size),
+           "threads": threads or torch.get_num_threads()}
+    env = dict(os.environ)
+    src = str(Path(__file__).resolve().parents[1])  # so the worker imports this very genattn
+    env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
+    proc = subprocess.run([sys.executable, "-m", "genattn.benchmark", json.dumps(job)], env=env,
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        raise RuntimeError(f"the memory-measuring subprocess failed: {last}")
+    result = json.loads(proc.stdout.strip().splitlines()[-1])
+    return {"mem_gb": result["peak_kib"] / 2**20,
+            "mem_method": "peak RSS of a subprocess (VmHWM) minus its RSS before building the model"}
+
+
+def _memory_worker(job: dict) -> None:
+    from genattn.inference import ModelSpec
+
+    torch.set_num_threads(int(job["threads"]))
+    spec = ModelSpec.from_dict(job["spec"])
+    base = _status_kib("VmRSS")
+    model = spec.build()
+    _train_steps(model, torch.device("cpu"), steps=job["steps"], batch_size=job["batch_size"],
+                 input_size=tuple(job["input_size"]))
+    print(json.dumps({"peak_kib": _status_kib("VmHWM") - base}))
+
+
+def benchmark(spec, *, checkpoint: str | None = None, device: str | torch.device | None = None,
+              num_images: int = 20, warmup: int = 3, input_size: tuple[int, int] = (480, 640),
+              images: Sequence[torch.Tensor] | None = None, memory_steps: int = 3, batch_size: int = 2,
+              threads: int | None = None, model: torch.nn.Module | None = None,
+              progress: bool = False) -> dict[str, Any]:
+    """Inference speed and training memory of one model.
+
+    Args:
+        spec: a :class:`genattn.inference.ModelSpec`.
+        checkpoint: weights to load for the speed test (trained weights change how many boxes reach the
+            heads' post-processing, so use them where you have them).
+        device: cpu or cuda (default: cuda if available).
+        num_images: timed images.
+        warmup: untimed warm-up calls.
+        input_size: (H, W) of the random images used when ``images`` is not given.
+        images: real images ([3, H, W] in [0, 1]) to time instead of random ones; cycled to ``num_images``.
+        memory_steps: training steps for the memory peak (0 skips it).
+        batch_size: images per training step.
+        threads: CPU threads (default: torch's current setting).
+        model: an already built model to time instead of building ``spec`` (with ``checkpoint``).
+        progress: show a progress bar while timing.
+
+    Returns:
+        A JSON-serialisable dict: model, device, device_name, threads, num_images, median_ms, fps, mem_gb,
+        mem_method, torch version.
+    """
+    from genattn.inference import load_model
+
+    dev = _device(device)
+    if threads:
+        torch.set_num_threads(threads)
+    if model is None:
+        model, spec = load_model(spec, checkpoint=checkpoint, device=dev)
+    model = model.to(dev).eval()
+    gen = torch.Generator().manual_seed(0)
+    if images:
+        timed = [images[i % len(images)].to(dev) for i in range(num_images)]
+    else:
+        timed = [torch.rand(3, *input_size, generator=gen).to(dev) for _ in range(min(num_images, 4))]
+        timed = [timed[i % len(timed)] for i in range(num_images)]
+    speed = inference_speed(model, timed, warmup=warmup, progress=progress)
+    result = {"model": spec.name, "device": str(dev), "device_name": device_name(dev),
+              "threads": torch.get_num_threads(), "num_images": num_images, "warmup": warmup,
+              "input_size": list(timed[0].shape[-2:]), "image_size": [spec.min_size, spec.max_size],
+              "median_ms": speed["median_s"] * 1e3, "fps": speed["fps"], "mem_gb": None, "mem_method": None,
+              "torch": torch.__version__}
+    if memory_steps > 0:
+        mem_size = tuple(timed[0].shape[-2:]) if images else input_size
+        result.update(training_memory(spec, device=dev, steps=memory_steps, batch_size=batch_size,
+                                      input_size=mem_size, threads=threads))
+    return result
+
+
+def format_result(result: dict[str, Any]) -> str:
+    """A few human-readable lines for one :func:`benchmark` result."""
+    lines = [f"model:     {result['model']}",
+             f"device:    {result['device']} ({result['device_name']})",
+             f"inference: {result['fps']:.2f} fps (median {result['median_ms']:.1f} ms over {result['num_images']}"
+             f" images of {result['input_size'][0]}x{result['input_size'][1]}, batch 1, {result['warmup']} warm-up)"]
+    if result.get("mem_gb") is not None:
+        lines.append(f"memory:    {result['mem_gb']:.3f} GB peak in training ({result['mem_method']})")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # the CPU memory worker: python -m genattn.benchmark JOB_JSON
+    _memory_worker(json.loads(sys.argv[1]))

@@ -1,0 +1,355 @@
+"""The ``genattn`` command line: thin subcommands over library functions.
+
+Every subcommand parses its arguments and calls functions that are usable from Python on their own
+(:mod:`genattn.engine`, :mod:`genattn.benchmark`, :mod:`genattn.viz`, :mod:`genattn.study`,
+:mod:`genattn.models.convert`). Heavy imports happen inside the subcommands so that ``--help`` is instant.
+
+Exit status:
+    0  success.
+    2  a usage error (unknown subcommand or option, a bad value) or a user error: a missing or unreadable
+       input file, an unknown model name, a point outside the image, a malformed annotation file. One line on
+       stderr, no traceback.
+    1  a runtime failure that is not the user's input (e.g. a non-finite loss, out of memory). One line on
+       stderr; ``genattn --debug ...`` shows the traceback.
+    130 interrupted (Ctrl-C).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Sequence
+
+__all__ = ["main", "build_parser", "UserError"]
+
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+
+
+class UserError(Exception):
+    """A problem with the user's input; reported in one line with exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with a one-line error message (argparse prints the whole usage block by default)."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's API
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _json_dict(text: str) -> dict:
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({e.msg}): {text!r}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a JSON object like '{{\"base_width\": 16}}', got {text!r}")
+    return value
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, got {value}")
+    return value
+
+
+def _add_model_options(p: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
+    """Options shared by every subcommand that builds a model."""
+    p.add_argument("model", metavar="MODEL", help="model name, e.g. faster_rcnn_r50_fpn_attention_1111_1x_coco "
+                   "(faster_rcnn_r50_fpn_attention_XXXX[_dcn]_1x_coco for any of the 15 attention types, "
+                   "faster_rcnn_r50_fpn_1x_coco, faster_rcnn_r50_fpn_dconv_c3-c5_1x_coco)")
+    if checkpoint:
+        p.add_argument("--checkpoint", metavar="FILE",
+                       help="weights: a checkpoint of 'genattn train' (its recipe rebuilds the model), a converted "
+                            "or MMDetection checkpoint, or a URL of a released model")
+    p.add_argument("--backbone", type=_json_dict, metavar="JSON",
+                   help="ResNet overrides as JSON, e.g. '{\"layers\": [1,1,1,1], \"base_width\": 16}'")
+    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar=("MIN", "MAX"),
+                   help="resize images so the short side is MIN and the long side at most MAX "
+                        "(default 800 1333; one value sets both)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="other recipe fields of the model, e.g. --set model_kwargs.fpn_channels=64")
+    if checkpoint:
+        p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+
+
+def _add_recipe_options(p: argparse.ArgumentParser) -> None:
+    """Recipe options shared by train and study (see genattn.recipes.Recipe for every field)."""
+    p.add_argument("--data", required=True, metavar="ROOT",
+                   help="COCO-layout data root (ROOT/train2017/, ROOT/val2017/, ROOT/annotations/instances_*.json), "
+                        "or 'shapes' for the built-in dataset")
+    p.add_argument("--work-dir", metavar="DIR", help="run directory (default work_dirs/MODEL)")
+    p.add_argument("--tiny", action="store_true",
+                   help="start from the CPU-sized recipe (tiny ResNet from scratch, 128-224 px images)")
+    p.add_argument("--epochs", type=_positive_int, help="epochs (default: the recipe's, 12)")
+    p.add_argument("--max-iters", type=_positive_int, help="stop after this many iterations (short runs)")
+    p.add_argument("--batch-size", type=_positive_int, help="images per process and step (default 2); the "
+                   "learning rate scales linearly with the total batch")
+    p.add_argument("--workers", type=int, help="data-loading processes per training process (default 2)")
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (default none = fp32)")
+    p.add_argument("--seed", type=int, help="random seed (default 0)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
+                   help="any other recipe field, e.g. --set base_lr=0.01 lr_steps=[4,6] model_kwargs.fpn_channels=64")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``genattn`` (one subparser per subcommand)."""
+    parser = _Parser(prog="genattn", description="Spatial attention (Zhu et al. 2019) for Faster R-CNN in "
+                     "PyTorch: train, test, benchmark and visualise the seed's models; 'genattn demo' runs the "
+                     "whole study on a built-in dataset on a CPU.",
+                     epilog="Exit status: 0 ok, 2 usage or input error, 1 runtime failure, 130 interrupted.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def add(name: str, summary: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=summary, description=summary)
+
+    p = add("train", "train a model on COCO-format data (one process, or many under torchrun)")
+    p.add_argument("model", metavar="MODEL", help="model name, e.g. faster_rcnn_r50_fpn_attention_1111_1x_coco")
+    _add_recipe_options(p)
+    p.add_argument("--backbone", type=_json_dict, metavar="JSON",
+                   help="ResNet overrides as JSON, e.g. '{\"layers\": [1,1,1,1], \"base_width\": 16}'")
+    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar=("MIN", "MAX"),
+                   help="short side MIN, long side at most MAX (default 800 1333; one value sets both)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if available")
+    p.add_argument("--ann", metavar="FILE", help="training annotation file (default ROOT/annotations/"
+                   "instances_train2017.json)")
+    p.add_argument("--val-ann", metavar="FILE", help="validation annotation file")
+    p.add_argument("--resume", metavar="FILE", help="continue a run from this checkpoint")
+    p.add_argument("--auto-resume", action="store_true", help="continue from the latest checkpoint in --work-dir")
+
+    p = add("test", "evaluate a checkpoint: COCO box AP (one process, or many under torchrun)")
+    p.add_argument("model", metavar="MODEL", help="model name (must match a genattn checkpoint's)")
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a checkpoint of 'genattn train' or 'genattn convert', an MMDetection checkpoint or a URL")
+    p.add_argument("--data", required=True, metavar="ROOT", help="COCO-layout data root, or 'shapes'")
+    p.add_argument("--ann", metavar="FILE", help="annotation file (default ROOT/annotations/instances_val2017.json)")
+    p.add_argument("--out", metavar="FILE", help="COCO results JSON to write (default next to the checkpoint)")
+    p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
+
+    p = add("bench", "inference speed (batch 1, median, fps) and peak training memory (GB)")
+    _add_model_options(p)
+    p.add_argument("--images", type=_positive_int, default=20, metavar="N", help="timed images (default 20)")
+    p.add_argument("--warmup", type=int, default=3, metavar="N", help="untimed warm-up images (default 3)")
+    p.add_argument("--input-size", type=_positive_int, nargs=2, default=(480, 640), metavar=("H", "W"),
+                   help="size of the random test images before the model's resize (default 480 640, a COCO image)")
+    p.add_argument("--memory-steps", type=int, default=3, metavar="N",
+                   help="training steps for the memory peak; 0 skips it (default 3)")
+    p.add_argument("--batch-size", type=_positive_int, default=2, help="training batch for the memory peak")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's)")
+    p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+
+    p = add("detect", "detect objects: a COCO-style JSON and a PNG per image")
+    _add_model_options(p)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("--out", default="detections", metavar="DIR", help="output directory (default ./detections)")
+    p.add_argument("--score-thr", type=float, default=0.3, help="draw detections above this score (default 0.3)")
+
+    p = add("attention", "PNG heatmaps of where one pixel attends, per block, head and term")
+    _add_model_options(p)
+    p.add_argument("image", metavar="IMAGE", help="image file")
+    p.add_argument("--point", type=int, nargs=2, required=True, metavar=("X", "Y"),
+                   help="query pixel in image coordinates (x from the left, y from the top)")
+    p.add_argument("--out", default="attention", metavar="DIR", help="output directory (default ./attention)")
+
+    p = add("convert", "convert an MMDetection checkpoint to genattn's format")
+    p.add_argument("src", metavar="IN", help="MMDetection checkpoint (.pth)")
+    p.add_argument("dst", metavar="OUT", help="output file (a genattn checkpoint for --checkpoint)")
+    p.add_argument("--model", help="model name (default: guessed from IN's file name)")
+    p.add_argument("--backbone", type=_json_dict, metavar="JSON", help="ResNet overrides (non-standard models)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="other recipe fields of the model")
+
+    p = add("study", "train, test and bench several models; the seed's table as Markdown/CSV and a plot")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="model names")
+    _add_recipe_options(p)
+    p.add_argument("--backbone", type=_json_dict, metavar="JSON", help="ResNet overrides for every model")
+    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar=("MIN", "MAX"), help="image size")
+    p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if available")
+    p.add_argument("--bench-images", type=_positive_int, default=20, help="timed images per model (default 20)")
+    p.add_argument("--memory-steps", type=int, default=3, metavar="N",
+                   help="training steps of each memory measurement; 0 skips it (default 3)")
+
+    p = add("demo", "the study on the built-in dataset, on a CPU in about 15 minutes (the main job)")
+    p.add_argument("--work-dir", metavar="DIR", help="run directory (default runs/demo-TIMESTAMP)")
+    p.add_argument("--dcn", action="store_true", help="also study the deformable-conv variants (slower)")
+    p.add_argument("--iters", type=_positive_int,
+                   help="training iterations per model (default: sized by timing a few steps so that the three "
+                        "models train in about 11.5 minutes, between 200 and 1000)")
+    p.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's, one per core)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: tiny data and model, 2 iterations")
+    return parser
+
+
+def _image_size(values: Sequence[int] | None) -> tuple[int, int] | None:
+    if not values:
+        return None
+    if len(values) > 2:
+        raise UserError(f"--image-size takes MIN [MAX], got {len(values)} values")
+    return (values[0], values[-1])
+
+
+def _rank() -> int:
+    """This process's rank under torchrun (0 without it); only rank 0 prints results."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def _recipe_changes(args) -> dict:
+    """Recipe fields set by dedicated flags (``--set`` strings are applied separately, first)."""
+    flags = {"epochs": "epochs", "max_iters": "max_iters", "batch_size": "imgs_per_gpu", "workers": "workers",
+             "amp": "amp", "seed": "seed", "device": "device"}
+    out = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}
+    if getattr(args, "image_size", None):
+        out["min_size"], out["max_size"] = _image_size(args.image_size)
+    return out
+
+
+def _overrides(args) -> list[str]:
+    """``--set`` strings, then ``--backbone`` keys as ``backbone.KEY=VALUE`` (merged into the recipe's)."""
+    backbone = [f"backbone.{k}={json.dumps(v)}" for k, v in (args.backbone or {}).items()]
+    return [*args.set, *backbone]
+
+
+def _recipe(args, model: str):
+    from genattn.recipes import get_recipe, tiny_recipe
+
+    return (tiny_recipe if args.tiny else get_recipe)(model, *_overrides(args)).replace(**_recipe_changes(args))
+
+
+def _cmd_train(args) -> int:
+    from genattn.engine.train import train
+    from genattn.study import data_root
+
+    recipe = _recipe(args, args.model)
+    root = data_root(args.data) if args.data else None
+    result = train(recipe, data_root=root, train_ann=args.ann, val_ann=args.val_ann, work_dir=args.work_dir,
+                   resume=args.resume, auto_resume=args.auto_resume)
+    metrics = result.get("metrics") or {}
+    summary = {"work_dir": str(result["work_dir"]), "checkpoint": str(result["checkpoint"]),
+               "epoch": result["epoch"], "iter": result["iter"],
+               **{k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}}
+    if _rank() == 0:
+        print(json.dumps(summary))
+    return EXIT_OK
+
+
+def _cmd_test(args) -> int:
+    from genattn.engine.test import test
+    from genattn.study import data_root
+
+    metrics = test(args.checkpoint, model_name=args.model, data_root=data_root(args.data), ann_file=args.ann,
+                   out_file=args.out, workers=args.workers, device=args.device)
+    if _rank() == 0:
+        print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}))
+    return EXIT_OK
+
+
+def _cmd_bench(args) -> int:
+    from genattn import benchmark, inference
+
+    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, image_size=_image_size(args.image_size),
+                                      overrides=args.set)
+    result = benchmark.benchmark(spec, checkpoint=args.checkpoint, device=args.device, num_images=args.images,
+                                 warmup=args.warmup, input_size=tuple(args.input_size),
+                                 memory_steps=args.memory_steps, batch_size=args.batch_size, threads=args.threads)
+    print(benchmark.format_result(result))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return EXIT_OK
+
+
+def _cmd_detect(args) -> int:
+    from genattn import inference, viz
+
+    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, overrides=args.set)
+    model, spec = inference.load_model(spec, checkpoint=args.checkpoint, image_size=_image_size(args.image_size),
+                                       device=args.device)
+    result = viz.detect_images(model, [Path(p) for p in args.images], Path(args.out), score_thr=args.score_thr)
+    print(f"{sum(len(r['detections']) for r in result['images'])} detections in {len(args.images)} image(s); "
+          f"wrote {result['json']} and {len(result['images'])} PNG(s) in {args.out}")
+    return EXIT_OK
+
+
+def _cmd_attention(args) -> int:
+    from genattn import inference, viz
+
+    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, overrides=args.set)
+    model, spec = inference.load_model(spec, checkpoint=args.checkpoint, image_size=_image_size(args.image_size),
+                                       device=args.device)
+    files = viz.attention_pictures(model, Path(args.image), tuple(args.point), Path(args.out))
+    print(f"wrote {len(files)} PNG(s) in {args.out}: " + ", ".join(p.name for p in files))
+    return EXIT_OK
+
+
+def _cmd_convert(args) -> int:
+    from genattn import inference
+
+    model = args.model or inference.guess_model_name(args.src)
+    spec = inference.ModelSpec.create(model, backbone=args.backbone, overrides=args.set)
+    out = inference.convert_checkpoint_file(args.src, args.dst, model=spec)
+    print(f"wrote {out}")
+    return EXIT_OK
+
+
+def _cmd_study(args) -> int:
+    from genattn import study
+
+    result = study.run_study(args.models, data=args.data, work_dir=args.work_dir,
+                             recipe_changes=_recipe_changes(args), overrides=_overrides(args), tiny=args.tiny,
+                             device=None if args.device in (None, "auto") else args.device,
+                             bench_images=args.bench_images, memory_steps=args.memory_steps)
+    print(result["markdown"])
+    print(f"run directory: {result['work_dir']}")
+    return EXIT_OK
+
+
+def _cmd_demo(args) -> int:
+    from genattn import demo
+
+    demo.run_demo(work_dir=args.work_dir, dcn=args.dcn, iters=args.iters, quick=args.quick, threads=args.threads)
+    return EXIT_OK
+
+
+_COMMANDS = {"train": _cmd_train, "test": _cmd_test, "bench": _cmd_bench, "detect": _cmd_detect,
+             "attention": _cmd_attention, "convert": _cmd_convert, "study": _cmd_study, "demo": _cmd_demo}
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    msg = text[0] if text else type(e).__name__
+    if isinstance(e, FileNotFoundError) and e.filename and str(e.filename) not in msg:
+        msg = f"{msg}: {e.filename}"
+    return msg
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``genattn`` with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error (2, message already printed)
+        return int(e.code or 0)
+    prog = f"genattn {args.command}"
+    try:
+        return _COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted", file=sys.stderr)
+        return 130
+    except (UserError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+        if args.debug:
+            raise
+        print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)
+        return EXIT_USAGE
+    except (RuntimeError, OSError, FloatingPointError, MemoryError) as e:
+        if args.debug:
+            raise
+        print(f"{prog}: failed: {type(e).__name__}: {_one_line(e)} (rerun with 'genattn --debug' for the "
+              "traceback)", file=sys.stderr)
+        return EXIT_RUNTIME

@@ -1,0 +1,298 @@
+"""Pictures: detections drawn on images, and where one pixel attends in every attention block.
+
+The attention pictures are the paper's (Zhu et al. 2019, figures of the four terms): for a query pixel,
+each ``GeneralizedAttention`` block's attention over its key map, split into the real attention ('all') and
+the softmax of each enabled term alone (E1 query-key content, E2 query content & relative position, E3 key
+content only, E4 relative position only), per head, overlaid on the image.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+
+__all__ = ["load_image", "draw_detections", "detect_images", "attention_maps", "render_attention_block",
+           "render_attention_summary", "attention_pictures"]
+
+_PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
+            (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
+
+
+def load_image(path: str | Path) -> tuple[Image.Image, torch.Tensor]:
+    """Read an image file as RGB; returns the PIL image and a float tensor [3, H, W] in [0, 1].
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a readable image.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"image not found: {path}")
+    try:
+        with Image.open(path) as im:
+            image = im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from None
+    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    return image, tensor
+
+
+def _font(size: int = 11) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1 has only the fixed bitmap font
+        return ImageFont.load_default()
+
+
+def draw_detections(image: Image.Image, detection: dict[str, Any], names: dict[int, str], *,
+                    score_thr: float = 0.3, scale: float = 1.0) -> Image.Image:
+    """Draw boxes, class names and scores on a copy of ``image``.
+
+    Args:
+        image: the RGB image the boxes refer to.
+        detection: ``{'boxes': [D, 4] xyxy, 'scores': [D], 'labels': [D] category ids}`` (tensors or lists).
+        names: category id -> class name.
+        score_thr: detections with a lower score are not drawn.
+        scale: enlarge the picture by this factor first (small images would leave no room for labels).
+    """
+    out = image.copy() if scale == 1 else image.resize((round(image.width * scale), round(image.height * scale)),
+                                                        Image.BILINEAR)
+    draw = ImageDraw.Draw(out)
+    font = _font(max(10, min(out.size) // 24))
+    boxes, scores, labels = (torch.as_tensor(detection[k]).tolist() for k in ("boxes", "scores", "labels"))
+    order = sorted(range(len(scores)), key=lambda i: scores[i])  # best drawn last, on top
+    for i in order:
+        if scores[i] < score_thr:
+            continue
+        label = int(labels[i])
+        colour = _PALETTE[label % len(_PALETTE)]
+        x0, y0, x1, y1 = (v * scale for v in boxes[i])
+        draw.rectangle([x0, y0, x1, y1], outline=colour, width=max(1, min(out.size) // 160 + 1))
+        text = f"{names.get(label, str(label))} {scores[i]:.2f}"
+        tx0, ty0, tx1, ty1 = draw.textbbox((0, 0), text, font=font)
+        ty = y0 - (ty1 - ty0) - 2 if y0 - (ty1 - ty0) - 2 >= 0 else y0
+        draw.rectangle([x0, ty, x0 + tx1 - tx0 + 3, ty + ty1 - ty0 + 2], fill=colour)
+        draw.text((x0 + 1, ty - ty0 + 1), text, fill=(0, 0, 0), font=font)
+    return out
+
+
+def _class_names(model: torch.nn.Module) -> dict[int, str]:
+    ids = list(getattr(model, "category_ids", ()))
+    names = list(getattr(model, "class_names", ()))
+    return {int(i): str(n) for i, n in zip(ids, names)}
+
+
+@torch.inference_mode()
+def detect_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path, *,
+                  score_thr: float = 0.3) -> dict[str, Any]:
+    """Run ``model`` on image files; write ``detections.json`` and ``<stem>_det.png`` per image in ``out_dir``.
+
+    Pictures of images smaller than 512 pixels are enlarged by an integer factor. The JSON is a COCO results list (``image_id`` = position in ``paths``, ``file_name``, ``category_id``,
+    ``bbox`` [x, y, w, h], ``score``) holding every detection the model returned.
+
+    Returns:
+        ``{'json': Path, 'images': [{'file', 'png', 'detections': [...]}]}``.
+    """
+    loaded = [load_image(p) for p in paths]  # fail on a bad file before any work
+    out_dir.mkdir(parents=True, exist_ok=True)
+    device = next(model.parameters()).device
+    model.eval()
+    names = _class_names(model)
+    results, per_image = [], []
+    for index, (path, (pil, tensor)) in enumerate(zip(paths, loaded)):
+        det = model([tensor.to(device)])[0]
+        det = {k: v.detach().cpu() for k, v in det.items()}
+        entries = []
+        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
+            x0, y0, x1, y1 = box
+            entries.append({"image_id": index, "file_name": str(path), "category_id": int(label),
+                            "category": names.get(int(label), str(label)),
+                            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
+                            "score": round(float(score), 4)})
+        png = out_dir / f"{Path(path).stem}_det.png"
+        scale = max(1, 512 // max(pil.size))  # enlarge small images so that labels stay readable
+        draw_detections(pil, det, names, score_thr=score_thr, scale=scale).save(png)
+        results.extend(entries)
+        per_image.append({"file": str(path), "png": png, "detections": entries})
+    json_path = out_dir / "detections.json"
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    return {"json": json_path, "images": per_image}
+
+
+# --------------------------------------------------------------------------------------------------------
+# Attention
+
+
+def _attention_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    backbone = getattr(model, "backbone", model)
+    return [(name.removesuffix(".gen_attention_block"), m) for name, m in backbone.named_modules()
+            if name.endswith("gen_attention_block")]
+
+
+def _resized_size(model: torch.nn.Module, h: int, w: int) -> tuple[int, int]:
+    """The size the model resizes an h x w image to (MMDetection's keep-ratio rule)."""
+    transform = getattr(model, "transform", model)
+    min_size = getattr(transform, "min_size", getattr(model, "min_size", 800))
+    max_size = getattr(transform, "max_size", getattr(model, "max_size", 1333))
+    min_size = min_size[-1] if isinstance(min_size, (tuple, list)) else min_size
+    scale = min(max_size / max(h, w), min_size / min(h, w))
+    return int(h * scale + 0.5), int(w * scale + 0.5)
+
+
+@torch.inference_mode()
+def attention_maps(model: torch.nn.Module, image: torch.Tensor, point: tuple[int, int]) -> list[dict[str, Any]]:
+    """Where pixel ``point`` = (x, y) of ``image`` attends in every attention block of ``model``'s backbone.
+
+    A forward hook captures each block's input during one forward pass; the point is mapped to the block's
+    feature-map cell and ``block.point_attention`` gives the attention of that query.
+
+    Args:
+        model: a detector whose backbone has ``gen_attention_block`` modules.
+        image: [3, H, W] float in [0, 1].
+        point: (x, y) in image pixels.
+
+    Returns:
+        Per block: ``{'name', 'maps': {'all'|'E1'..'E4': array [heads, Hk, Wk]}, 'query': (fx, fy),
+        'feature_size': (Hf, Wf), 'stride': image pixels per feature cell, 'kv_stride', 'resized': (h, w)}``.
+    """
+    h, w = image.shape[-2:]
+    x, y = point
+    if not (0 <= x < w and 0 <= y < h):
+        raise ValueError(f"--point {x} {y} lies outside the {w}x{h} image (x in 0..{w - 1}, y in 0..{h - 1})")
+    blocks = _attention_blocks(model)
+    if not blocks:
+        raise ValueError("this model has no attention blocks (pick a model with an attention type, "
+                         "e.g. faster_rcnn_r50_fpn_attention_1111_1x_coco)")
+    captured: dict[str, torch.Tensor] = {}
+    padded: list[torch.Size] = []
+    hooks = [m.register_forward_pre_hook(lambda mod, args, name=name: captured.__setitem__(name, args[0]))
+             for name, m in blocks]
+    backbone = getattr(model, "backbone", model)
+    hooks.append(backbone.register_forward_pre_hook(lambda mod, args: padded.append(args[0].shape)))
+    device = next(model.parameters()).device
+    model.eval()
+    try:
+        model([image.to(device)])
+    finally:
+        for hook in hooks:
+            hook.remove()
+    rh, rw = _resized_size(model, h, w)
+    hp = padded[0][-2] if padded else rh
+    out = []
+    for name, block in blocks:
+        feat = captured[name]
+        hf, wf = feat.shape[-2:]
+        stride = hp / hf  # resized-image pixels per feature cell
+        fx = min(int(x * rw / w // stride), wf - 1)
+        fy = min(int(y * rh / h // stride), hf - 1)
+        maps = block.point_attention(feat[:1], fy, fx)
+        out.append({"name": name, "maps": {k: v[0].float().cpu().numpy() for k, v in maps.items()},
+                    "query": (fx, fy), "feature_size": (hf, wf), "stride": stride,
+                    "kv_stride": int(getattr(block, "kv_stride", 1)), "resized": (rh, rw)})
+    return out
+
+
+def _heat_overlay(image: Image.Image, amap: np.ndarray, block: dict[str, Any], cell: tuple[int, int]) -> Image.Image:
+    """One key map [Hk, Wk] as a heatmap over ``image``, resized to ``cell`` (w, h)."""
+    import matplotlib
+
+    rh, rw = block["resized"]
+    step = block["stride"] * block["kv_stride"]  # resized-image pixels per key cell
+    norm = amap / max(float(amap.max()), 1e-12)
+    heat = Image.fromarray((norm * 255).astype(np.uint8)).resize(
+        (max(1, round(amap.shape[1] * step)), max(1, round(amap.shape[0] * step))), Image.NEAREST)
+    heat = heat.crop((0, 0, rw, rh)).resize(cell, Image.BILINEAR)  # drop the padding, back to image scale
+    rgb = matplotlib.colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
+    base = np.asarray(image.resize(cell, Image.BILINEAR), dtype=np.float32) / 255.0
+    return Image.fromarray((255 * (0.45 * base + 0.55 * rgb)).astype(np.uint8))
+
+
+def _mark(draw: ImageDraw.ImageDraw, x: float, y: float, r: int = 4) -> None:
+    draw.ellipse([x - r - 1, y - r - 1, x + r + 1, y + r + 1], outline=(0, 0, 0), width=2)
+    draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 255, 255), width=2)
+
+
+def _grid(rows: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], title: str,
+          cell: tuple[int, int]) -> Image.Image:
+    font = _font(12)
+    left, top, pad = 44, 34, 2
+    cw, ch = cell
+    grid = Image.new("RGB", (left + len(col_labels) * (cw + pad), top + len(rows) * (ch + pad)), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
+    draw.text((4, 2), title, fill=(0, 0, 0), font=font)
+    for j, label in enumerate(col_labels):
+        draw.text((left + j * (cw + pad) + 2, top - 15), label, fill=(0, 0, 0), font=font)
+    for i, (label, row) in enumerate(zip(row_labels, rows)):
+        draw.text((4, top + i * (ch + pad) + ch // 2 - 6), label, fill=(0, 0, 0), font=font)
+        for j, tile in enumerate(row):
+            grid.paste(tile, (left + j * (cw + pad), top + i * (ch + pad)))
+    return grid
+
+
+def _cell(image: Image.Image, longest: int = 160) -> tuple[int, int]:
+    w, h = image.size
+    s = longest / max(w, h)
+    return max(1, round(w * s)), max(1, round(h * s))
+
+
+def render_attention_block(image: Image.Image, block: dict[str, Any], point: tuple[int, int]) -> Image.Image:
+    """One block's picture: rows = 'all' and each term, columns = heads (then their mean)."""
+    cell = _cell(image)
+    sx, sy = cell[0] / image.size[0], cell[1] / image.size[1]
+    terms = list(block["maps"])
+    heads = block["maps"][terms[0]].shape[0]
+    rows = []
+    for term in terms:
+        maps = list(block["maps"][term]) + [block["maps"][term].mean(0)]
+        tiles = [_heat_overlay(image, m, block, cell) for m in maps]
+        for t in tiles:
+            _mark(ImageDraw.Draw(t), point[0] * sx, point[1] * sy)
+        rows.append(tiles)
+    hf, wf = block["feature_size"]
+    title = (f"{block['name']}: query ({point[0]}, {point[1]}) -> cell {block['query']} of {hf}x{wf}, "
+             f"keys every {block['kv_stride']}")
+    return _grid(rows, terms, [f"head {i}" for i in range(heads)] + ["mean"], title, cell)
+
+
+def render_attention_summary(image: Image.Image, blocks: list[dict[str, Any]], point: tuple[int, int]) -> Image.Image:
+    """All blocks in one picture: rows = blocks, columns = 'all' and each term, averaged over heads."""
+    cell = _cell(image, 128)
+    sx, sy = cell[0] / image.size[0], cell[1] / image.size[1]
+    terms = sorted({t for b in blocks for t in b["maps"]}, key=lambda t: (t != "all", t))
+    rows = []
+    for block in blocks:
+        tiles = []
+        for term in terms:
+            if term in block["maps"]:
+                tile = _heat_overlay(image, block["maps"][term].mean(0), block, cell)
+            else:
+                tile = Image.new("RGB", cell, (230, 230, 230))
+            _mark(ImageDraw.Draw(tile), point[0] * sx, point[1] * sy)
+            tiles.append(tile)
+        rows.append(tiles)
+    labels = [b["name"].replace("layer", "L") for b in blocks]
+    return _grid(rows, labels, [f"{t} (mean)" for t in terms], f"attention of pixel {tuple(point)}", cell)
+
+
+def attention_pictures(model: torch.nn.Module, image_path: Path, point: tuple[int, int],
+                       out_dir: Path) -> list[Path]:
+    """Write ``attention.png`` (all blocks, head means) and ``attention_<block>.png`` (every head) for a point.
+
+    Returns:
+        The written PNG paths, the summary first.
+    """
+    pil, tensor = load_image(image_path)
+    blocks = attention_maps(model, tensor, point)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    files = [out_dir / "attention.png"]
+    render_attention_summary(pil, blocks, point).save(files[0])
+    for block in blocks:
+        path = out_dir / f"attention_{block['name'].replace('.', '_')}.png"
+        render_attention_block(pil, block, point).save(path)
+        files.append(path)
+    return files
