@@ -138,6 +138,23 @@ def test_autocast_bfloat16_step_keeps_box_arithmetic_in_float32(tiny_model, batc
     assert all(d["boxes"].dtype == torch.float32 for d in out)
 
 
+def test_float64_model_detects_and_trains_in_float64(tiny_model, batch):
+    # Box arithmetic is "at least float32": a float64 model (used for exact comparisons, e.g. the MMDetection
+    # parity check) must not mix float32 scores with float64 boxes in NMS.
+    model = tiny_model().eval()
+    images, targets = batch
+    with torch.no_grad():
+        ref = model(images)
+        out = model.double()([img.double() for img in images])
+    for d, r in zip(out, ref):
+        assert d["boxes"].dtype == torch.float64 and d["scores"].dtype == torch.float64
+        assert d["labels"].tolist() == r["labels"].tolist()
+        torch.testing.assert_close(d["boxes"], r["boxes"].double(), rtol=0, atol=1e-3)
+        torch.testing.assert_close(d["scores"], r["scores"].double(), rtol=0, atol=1e-5)
+    losses = model.train()([img.double() for img in images], targets)
+    assert all(v.dtype == torch.float64 and torch.isfinite(v) for v in losses.values())
+
+
 def test_zero_size_and_outside_boxes_are_ignored(tiny_model, batch):
     model = tiny_model().train()
     images, _ = batch

@@ -54,3 +54,24 @@ def test_fpn_levels_and_p6():
     # Top-down: P4's lateral input adds the nearest-upsampled P5 lateral.
     up = torch.nn.functional.interpolate(fpn.lateral_convs[3](feats[3]), scale_factor=2, mode="nearest")
     torch.testing.assert_close(outs[2], fpn.fpn_convs[2](fpn.lateral_convs[2](feats[2]) + up))
+
+
+def test_proposal_ties_are_cut_like_a_descending_sort():
+    # 6 anchors with equal scores at the pre-NMS cut (k = 3): the kept ones are the first 3 of a descending sort
+    # (MMDetection's selection), not whatever topk returns; disjoint boxes so NMS removes nothing.
+    rpn = RPNHead(8, pre_nms_top_n_test=3, post_nms_top_n_test=10).eval()
+    anchors = torch.tensor([[float(20 * i), 0.0, float(20 * i + 10), 10.0] for i in range(6)])
+    logits = torch.tensor([1.0, 2.0, 1.0, 1.0, 2.0, 1.0])
+    out = rpn._proposals([logits], [torch.zeros(6, 4)], [anchors], (200, 200), "test")
+    expected = anchors[logits.sigmoid().sort(descending=True)[1][:3]]
+    torch.testing.assert_close(out, expected)
+    assert out[:2, 0].tolist() in ([20.0, 80.0], [80.0, 20.0])  # the two best are always kept
+
+
+def test_proposal_nms_is_per_level_with_one_score_order():
+    # The same box on two levels survives on both; the output is in one descending score order.
+    rpn = RPNHead(8, pre_nms_top_n_test=10, post_nms_top_n_test=10).eval()
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [1.0, 0.0, 10.0, 10.0]])
+    out = rpn._proposals([torch.tensor([0.0, 3.0]), torch.tensor([2.0, 1.0])], [torch.zeros(2, 4)] * 2, [a, a],
+                         (50, 50), "test")
+    torch.testing.assert_close(out, torch.stack([a[1], a[0]]))

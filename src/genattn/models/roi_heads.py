@@ -165,7 +165,10 @@ class RoIHead(nn.Module):
             return [], self._losses(features, proposals, targets)
         rois = self._rois(proposals)
         logits, deltas = self.bbox_head(self.bbox_roi_extractor(features, rois))
-        logits, deltas = logits.float(), deltas.float()  # box arithmetic in float32 even under autocast
+        # Box arithmetic in at least float32 even under autocast (float64 stays float64: NMS needs one dtype).
+        box_dtype = torch.promote_types(logits.dtype, torch.float32)
+        logits, deltas = logits.to(box_dtype), deltas.to(box_dtype)
+        proposals = [p.to(box_dtype) for p in proposals]
         counts = [p.shape[0] for p in proposals]
         results = []
         for i, (lg, dl, props) in enumerate(zip(logits.split(counts), deltas.split(counts), proposals)):
@@ -220,7 +223,9 @@ class RoIHead(nn.Module):
             reg_targets.append(reg)
             pos_flags.append(is_pos)
         logits, deltas = self.bbox_head(self.bbox_roi_extractor(features, self._rois(rois)))
-        logits, deltas = logits.float(), deltas.float()  # losses in float32 even under autocast
+        # Losses in at least float32 even under autocast.
+        box_dtype = torch.promote_types(logits.dtype, torch.float32)
+        logits, deltas = logits.to(box_dtype), deltas.to(box_dtype)
         labels = torch.cat(cls_targets)
         reg = torch.cat(reg_targets)
         is_pos = torch.cat(pos_flags)

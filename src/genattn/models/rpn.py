@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
-from torchvision.ops import batched_nms, box_iou
+from torchvision.ops import box_iou, nms
 
 from genattn.models.anchors import AnchorGenerator, DeltaXYWHBoxCoder, max_iou_assign
 
@@ -104,10 +104,13 @@ class RPNHead(nn.Module):
         n = features[0].shape[0]
         # Box arithmetic in float32 even under autocast (MMDetection's force_fp32): half precision cannot hold
         # pixel coordinates of an 800x1333 image to better than ~0.5 px.
-        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], torch.float32, features[0].device)
+        # At least float32, not exactly float32: a float64 model keeps float64 (NMS needs boxes and scores in one
+        # dtype, and the anchors must follow).
+        box_dtype = torch.promote_types(features[0].dtype, torch.float32)
+        anchors = self.anchor_generator([tuple(f.shape[-2:]) for f in features], box_dtype, features[0].device)
         # [N, A, H, W] -> [N, H*W*A]: location-major, anchor-minor, as the anchors are laid out.
-        flat_logits = [t.permute(0, 2, 3, 1).reshape(n, -1).float() for t in logits]
-        flat_deltas = [t.permute(0, 2, 3, 1).reshape(n, -1, 4).float() for t in deltas]
+        flat_logits = [t.permute(0, 2, 3, 1).reshape(n, -1).to(box_dtype) for t in logits]
+        flat_deltas = [t.permute(0, 2, 3, 1).reshape(n, -1, 4).to(box_dtype) for t in deltas]
         mode = "train" if self.training else "test"
         proposals = [
             self._proposals([t[i].detach() for t in flat_logits], [t[i].detach() for t in flat_deltas], anchors,
@@ -128,7 +131,11 @@ class RPNHead(nn.Module):
         for lvl, (s, d, a) in enumerate(zip(logits, deltas, anchors)):
             s = s.sigmoid()
             if 0 < k < s.numel():
-                s, idx = s.topk(k)
+                # A full descending sort, then the first k, as MMDetection does: topk breaks ties between equal
+                # scores (e.g. anchors over constant image regions or padding) differently, so the kept set at
+                # the k-th place could differ from MMDetection's.
+                s, idx = s.sort(descending=True)
+                s, idx = s[:k], idx[:k]
                 d, a = d[idx], a[idx]
             scores.append(s)
             boxes.append(self.box_coder.decode(a, d, max_shape=image_size))
@@ -137,8 +144,14 @@ class RPNHead(nn.Module):
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = (w > self.min_box_size) & (h > self.min_box_size)
         scores, boxes, levels = scores[keep], boxes[keep], levels[keep]
-        # The level id as NMS group = NMS within each level; the result is sorted by score across levels.
-        keep = batched_nms(boxes, scores, levels, self.nms_thresh)[: self.post_nms_top_n[mode]]
+        # NMS within each level, the result sorted by score across levels. Done as mmcv's batched_nms does it
+        # below its split threshold: one NMS over boxes shifted apart per level (torchvision's batched_nms runs
+        # level by level on CPU above 1000 boxes and orders equal scores differently, which matters at the cut).
+        if boxes.numel():
+            shifted = boxes + (levels.to(boxes) * (boxes.max() + 1))[:, None]
+            keep = nms(shifted, scores, self.nms_thresh)[: self.post_nms_top_n[mode]]
+        else:
+            keep = torch.zeros(0, dtype=torch.long, device=boxes.device)
         return boxes[keep]
 
     def _losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]]
