@@ -10,6 +10,7 @@ from attention_oracle import oracle_energy
 
 from genattn import GeneralizedAttention as TopLevel
 from genattn.attention import GeneralizedAttention
+from genattn.attention import paths
 from genattn.attention.paths import applicable, choose
 from genattn.attention.position import axis_window, sinusoidal_embedding
 
@@ -156,17 +157,20 @@ def test_axis_window_by_hand():
     assert torch.equal(got, expected)
 
 
-def test_auto_choice():
-    x = torch.zeros(2, 16, 5, 6)
+def test_auto_choice(monkeypatch):
+    x = torch.zeros(2, 16, 5, 6)  # 30 queries x 9 keys
     cases = {("0010", -1): ("key_only", "key_only"), ("0010", 1): ("sdpa", "chunked"),
              ("0001", -1): ("separable", "separable"), ("0001", 2): ("separable", "separable"),
              ("1111", -1): ("sdpa", "chunked"), ("0100", 1): ("sdpa", "chunked"), ("1000", -1): ("sdpa", "sdpa"),
              ("1010", -1): ("sdpa", "sdpa")}
-    for (attention_type, spatial_range), (inference, training) in cases.items():
-        m = GeneralizedAttention(16, num_heads=2, attention_type=attention_type, spatial_range=spatial_range)
-        with torch.no_grad():
-            assert choose("auto", attention_type, spatial_range, m.decompose(x)) == inference
-        assert choose("auto", attention_type, spatial_range, m.decompose(x)) == training
+    for min_pairs, large in ((30 * 9, True), (30 * 9 + 1, False)):  # a map just at / just below the threshold
+        monkeypatch.setattr(paths, "CHUNKED_MIN_PAIRS", min_pairs)
+        for (attention_type, spatial_range), (inference, training) in cases.items():
+            m = GeneralizedAttention(16, num_heads=2, attention_type=attention_type, spatial_range=spatial_range)
+            with torch.no_grad():
+                assert choose("auto", attention_type, spatial_range, m.decompose(x)) == inference
+            expected = training if large or training != "chunked" else "sdpa"
+            assert choose("auto", attention_type, spatial_range, m.decompose(x)) == expected
 
 
 def test_mmcv_local_constraint_map_is_ignored():

@@ -4,12 +4,10 @@ Every path maps the decomposed terms (``genattn.attention.terms.Terms``) to the 
 ``[N, h, Nq, dv]`` (``[N, h, 1, dv]`` for ``key_only``) and gives the same result up to rounding.
 
 ``'auto'`` picks ``key_only`` for '0010' without a window, ``separable`` for '0001' and FlexAttention on CUDA
-with Triton. Elsewhere (CPU): ``sdpa`` for inference and for types whose energy needs no position terms or
-window (its fused kernel then runs at the plain head width), ``chunked`` when gradients are needed and the
-position terms widen sdpa's vectors. Measured on a shared 2-core CPU at the ResNet-50 stage-3 shape, '1111'
-(noisy; see ``benchmarks/attention.py``): forward, sdpa ~20% faster than chunked; forward+backward, chunked
-~20-30% faster than sdpa with ~20% less peak memory (but sdpa, one fused call, degrades less when the cores
-are oversubscribed). An empty batch takes ``materialize``, which handles it trivially.
+with Triton. Elsewhere (CPU): ``chunked`` when gradients are needed, the position terms or a window widen
+sdpa's vectors and the map is large (at least ``CHUNKED_MIN_PAIRS`` query-key pairs per image and head), and
+``sdpa`` otherwise (the numbers behind this are in ``choose`` and the README's benchmark table). An empty batch
+takes ``materialize``, which handles it trivially.
 """
 
 from __future__ import annotations
@@ -22,6 +20,9 @@ from genattn.attention.paths.flex import flex_attention_path, flex_available
 from genattn.attention.paths.materialize import materialize_attention
 from genattn.attention.paths.sdpa import sdpa_attention
 from genattn.attention.terms import Terms
+
+# Query-key pairs per image and head from which auto prefers chunked over sdpa in CPU training (see choose).
+CHUNKED_MIN_PAIRS = 1 << 20
 
 IMPLS = ("auto", "materialize", "chunked", "sdpa", "flex", "key_only", "separable")
 
@@ -71,9 +72,11 @@ def choose(impl: str, attention_type: str, spatial_range: int, t: Terms) -> str:
     if flex_available(t.value.device):
         return "flex"
     # sdpa widens queries/keys by wk + hk one-hot columns for the position terms or a window; its backward then
-    # costs ~3x the plain d-wide one, and the chunked path's custom backward wins in training.
+    # costs ~3x the plain d-wide one, and on large maps the chunked path's custom backward wins in training. On
+    # small maps chunked's per-block op overhead dominates and sdpa wins (quiet 2-core EPYC, '1111' f+b: stage 3,
+    # 4200 x 1050 pairs, chunked 1116 ms vs sdpa 1282 ms; stage 4, 1050 x 263 pairs, 266 ms vs 192 ms).
     widened = t.bias_x is not None or t.window_x is not None
-    if widened and t.value.requires_grad:
+    if widened and t.value.requires_grad and t.nq * t.nk >= CHUNKED_MIN_PAIRS:
         return "chunked"
     return "sdpa"
 
