@@ -9,10 +9,11 @@ For every (shape, attention type, path) the script reports the median time and t
 and the ratios against the ``materialize`` path (the original algorithm: full energy), the yardstick.
 
 Peak memory: on CUDA, ``torch.cuda.max_memory_allocated`` above the memory held before the step. On CPU, each
-case's memory is read in a fresh subprocess with glibc's ``MALLOC_MMAP_THRESHOLD_=65536`` (so every tensor above 64 KiB is
-its own mapping, returned to the OS when freed), the kernel's peak-RSS counter is reset through
-``/proc/self/clear_refs`` after a warm-up, and the peak is ``VmHWM`` minus ``VmRSS`` at the reset: the memory
-the step needed on top of its inputs and weights (tracemalloc cannot see torch's allocations).
+case's memory is read in a fresh subprocess (separate from the one that times it) with glibc's
+``MALLOC_MMAP_THRESHOLD_=65536`` (so every tensor above 64 KiB is its own mapping, returned to the OS when
+freed), the kernel's peak-RSS counter is reset through ``/proc/self/clear_refs`` after a warm-up, and the peak
+is ``VmHWM`` minus ``VmRSS`` at the reset: the memory the step needed on top of its inputs and weights
+(tracemalloc cannot see torch's allocations).
 
 Usage::
 
@@ -26,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
-import re
 import statistics
 import subprocess
 import sys
@@ -45,11 +44,6 @@ def _import_genattn():
         sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
 
 
-def _status_kib(field: str) -> int:
-    with open("/proc/self/status") as f:
-        return int(re.search(field + r":\s+(\d+)", f.read()).group(1))
-
-
 def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup: int, repeats: int,
                  threads: int) -> dict:
     """Time and peak memory of one case in this process (CPU: call in a fresh subprocess)."""
@@ -58,6 +52,7 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
     _import_genattn()
     from genattn.attention import GeneralizedAttention
     from genattn.attention import paths
+    from genattn.benchmark import status_kib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -101,9 +96,9 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
         else:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current RSS
-            base = _status_kib("VmRSS")
+            base = status_kib("VmRSS")
             step()
-            peak = (_status_kib("VmHWM") - base) * 1024
+            peak = (status_kib("VmHWM") - base) * 1024
         times = []
         for _ in range(repeats):
             sync()
@@ -137,20 +132,6 @@ def run_cpu_case(args, shape, attention_type, impl) -> dict:
     memory = _cpu_subprocess(dict(case, warmup=1, repeats=1), dict(env, MALLOC_MMAP_THRESHOLD_="65536"))
     result.update(fwd_mb=memory["fwd_mb"], fb_mb=memory["fb_mb"])
     return result
-
-
-def device_name(device: str, threads: int) -> str:
-    if device == "cuda":
-        import torch
-
-        return f"{torch.cuda.get_device_name()} (CUDA)"
-    model = platform.processor() or "CPU"
-    try:
-        with open("/proc/cpuinfo") as f:
-            model = re.search(r"model name\s*:\s*(.*)", f.read()).group(1)
-    except (OSError, AttributeError):
-        pass
-    return f"{model}, {os.cpu_count()} logical cores, {threads} threads"
 
 
 def markdown(results: list[dict], title: str) -> str:
@@ -203,6 +184,7 @@ def main(argv=None) -> int:
 
     _import_genattn()
     from genattn.attention.paths import applicable
+    from genattn.benchmark import device_name
 
     devices = ["cpu"] if args.device in ("all", "cpu") else []
     if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):
@@ -228,7 +210,9 @@ def main(argv=None) -> int:
                           f"{r['fwd_mb']:.0f} MB, f+b {r['fb_ms']:.1f} ms {r['fb_mb']:.0f} MB",
                           file=sys.stderr, flush=True)
                     results.append(r)
-        title = (f"{device_name(device, args.threads)}; torch {torch.__version__}; batch {BATCH}, {HEADS} heads, "
+        torch.set_num_threads(args.threads)  # device_name reports this process's thread count
+        title = (f"{device_name(torch.device(device))}; torch {torch.__version__}; batch {BATCH}, "
+                 f"{HEADS} heads, "
                  f"kv_stride {KV_STRIDE}, float32; median of {args.repeats}")
         print(markdown(results, title))
         print()

@@ -28,7 +28,8 @@ from typing import Any, Sequence
 import torch
 from tqdm import tqdm
 
-__all__ = ["benchmark", "inference_speed", "training_memory", "training_step_time", "format_result", "device_name"]
+__all__ = ["benchmark", "inference_speed", "training_memory", "training_step_time", "format_result", "device_name",
+           "status_kib"]
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -143,7 +144,8 @@ def training_step_time(spec, *, steps: int = 4, warmup: int = 1, batch_size: int
     return statistics.median(times)
 
 
-def _status_kib(field: str) -> int:
+def status_kib(field: str) -> int:
+    """A ``/proc/self/status`` field in KiB, e.g. ``VmRSS`` or ``VmHWM`` (peak RSS) on Linux."""
     with open("/proc/self/status") as f:
         for line in f:
             if line.startswith(field + ":"):
@@ -202,11 +204,11 @@ def _memory_worker(job: dict) -> None:
 
     torch.set_num_threads(int(job["threads"]))
     spec = ModelSpec.from_dict(job["spec"])
-    base = _status_kib("VmRSS")
+    base = status_kib("VmRSS")
     model = spec.build()
     _train_steps(model, torch.device("cpu"), steps=job["steps"], batch_size=job["batch_size"],
                  input_size=tuple(job["input_size"]))
-    print(json.dumps({"peak_kib": _status_kib("VmHWM") - base}))
+    print(json.dumps({"peak_kib": status_kib("VmHWM") - base}))
 
 
 def benchmark(spec, *, checkpoint: str | None = None, device: str | torch.device | None = None,
