@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genattn.recipes import Recipe
+from genattn.recipes import TINY_BACKBONE, Recipe
 
 __all__ = ["DEMO_MODELS", "DEMO_DCN_MODELS", "demo_recipe", "run_demo"]
 
@@ -32,9 +32,8 @@ TRAIN_BUDGET_S = 11 * 60
 #: Bounds on the calibrated iterations per model (batch 8 of 128 px images).
 MIN_ITERS, MAX_ITERS = 200, 1000
 DEMO_ITERS = 500  # the recipe's default when no calibration is done
-#: A ResNet small enough to train from scratch on a CPU in minutes.
-DEMO_BACKBONE = {"layers": (1, 1, 1, 1), "base_width": 16, "stem_width": 16, "frozen_stages": -1,
-                 "norm_eval": False}
+#: A ResNet small enough to train from scratch on a CPU in minutes (one bottleneck per stage, width 16).
+DEMO_BACKBONE = TINY_BACKBONE
 #: Slimmer heads (the defaults are sized for 80 COCO classes and 800 px images) and fewer proposals.
 DEMO_MODEL_KWARGS = {"fpn_channels": 64, "representation_size": 256, "box_batch_size_per_image": 128,
                      "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,

@@ -22,6 +22,7 @@ from typing import Any, Sequence
 
 import torch
 
+from genattn.engine.checkpoint import atomic_torch_save
 from genattn.recipes import Recipe
 
 __all__ = ["ModelSpec", "load_model", "convert_checkpoint_file", "guess_model_name", "CONVERTED_FORMAT"]
@@ -209,7 +210,4 @@ def convert_checkpoint_file(src: str | os.PathLike, dst: str | os.PathLike, *, m
            "meta": {"category_ids": list(net.category_ids), "class_names": list(net.class_names),
                     "converted_from": src.name}, "epoch": 0, "iter": 0}
     dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(dst.name + ".tmp")
-    torch.save(out, tmp)
-    os.replace(tmp, dst)
-    return dst
+    return atomic_torch_save(out, dst)

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "save_checkpoint", "load_checkpoint", "find_latest", "rng_state", "set_rng_state",
+__all__ = ["FORMAT", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "find_latest", "rng_state", "set_rng_state",
            "atomic_write_text"]
 
 FORMAT = "genattn-checkpoint-v1"
@@ -69,14 +69,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     _atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
 
 
+def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
+    """``torch.save`` so that ``path`` holds either its old content or all of ``obj``, never a part."""
+    path = Path(path)
+    _atomic(path, lambda f: torch.save(obj, f))
+    return path
+
+
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically and record it as the latest in its folder.
 
     Returns:
         The path written.
     """
-    path = Path(path)
-    _atomic(path, lambda f: torch.save(state, f))
+    path = atomic_torch_save(state, path)
     atomic_write_text(path.parent / _LAST, path.name + "\n")
     return path
 
