@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "find_latest", "rng_state", "set_rng_state",
-           "atomic_write_text"]
+__all__ = ["FORMAT", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "find_latest", "rng_state",
+           "set_rng_state", "atomic_write_text"]
 
 FORMAT = "genattn-checkpoint-v1"
 _LAST = "last_checkpoint"
