@@ -142,7 +142,8 @@ class FasterRCNN(nn.Module):
         """Losses in training mode, detections in eval mode.
 
         Args:
-            images: ``N`` tensors ``[3, H_i, W_i]`` (or one ``[N, 3, H, W]`` tensor), float RGB in [0, 1].
+            images: ``N`` tensors ``[3, H_i, W_i]`` (or one ``[N, 3, H, W]`` tensor), RGB, uint8 as decoded
+                (resized and normalised exactly as MMDetection does) or float in [0, 1] (float resize, close).
             targets: Training only: per image ``{'boxes': float [K, 4] xyxy pixels of that image,
                 'labels': int64 [K] category ids}``; ``K = 0`` is allowed.
 

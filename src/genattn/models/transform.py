@@ -5,6 +5,11 @@ Plays the role of torchvision's ``GeneralizedRCNNTransform`` but with MMDetectio
 (``int(side * scale + 0.5)``; torchvision recomputes the size from a float scale factor in ``interpolate``), and
 boxes are mapped with the per-axis factors actually applied (``new_w / w``, ``new_h / h``), which is what
 MMDetection's ``scale_factor`` holds.
+
+uint8 images (as decoded from a file) get MMDetection's pixels exactly: OpenCV's fixed-point bilinear resize
+(:func:`~genattn.models.resize.resize_linear_uint8`) and ``mmcv.imnormalize``'s float32 arithmetic. Float images
+in [0, 1] are resized in float (``F.interpolate``, the same sampling without the fixed-point rounding): close to
+MMDetection's input, not identical.
 """
 
 from __future__ import annotations
@@ -16,10 +21,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["DetectionTransform", "ImageBatch", "resized_size"]
+from genattn.models.resize import resize_linear_uint8
 
-MMDET_MEAN = (123.675 / 255, 116.28 / 255, 103.53 / 255)
-MMDET_STD = (58.395 / 255, 57.12 / 255, 57.375 / 255)
+__all__ = ["DetectionTransform", "ImageBatch", "resized_size", "MMDET_MEAN", "MMDET_STD"]
+
+#: MMDetection's ``img_norm_cfg`` (RGB order, pixel values 0..255).
+MMDET_MEAN = (123.675, 116.28, 103.53)
+MMDET_STD = (58.395, 57.12, 57.375)
 
 
 def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple[int, int]:
@@ -58,8 +66,9 @@ class DetectionTransform(torch.nn.Module):
     Args:
         min_size: Limit of the short side (MMDetection: 800).
         max_size: Limit of the long side (MMDetection: 1333).
-        image_mean: Per-channel mean of inputs in [0, 1] (MMDetection's mean / 255).
-        image_std: Per-channel std of inputs in [0, 1] (MMDetection's std / 255).
+        image_mean: Per-channel (RGB) mean in pixel values 0..255, as MMDetection's ``img_norm_cfg`` (float images
+            in [0, 1] are normalised with ``mean / 255``).
+        image_std: Per-channel std in pixel values 0..255 (float images: ``std / 255``).
         size_divisor: Padded sizes are multiples of this (32).
     """
 
@@ -79,15 +88,28 @@ class DetectionTransform(torch.nn.Module):
         self.min_size = int(min_size)
         self.max_size = int(max_size)
         self.size_divisor = int(size_divisor)
-        self.register_buffer("image_mean", torch.tensor(image_mean, dtype=torch.float32).view(3, 1, 1), False)
-        self.register_buffer("image_std", torch.tensor(image_std, dtype=torch.float32).view(3, 1, 1), False)
+        mean = torch.tensor(image_mean, dtype=torch.float64)
+        std = torch.tensor(image_std, dtype=torch.float64)
+        if mean.shape != (3,) or std.shape != (3,) or not (std > 0).all():
+            raise ValueError(f"image_mean and image_std: expected 3 values each and std > 0, got {image_mean}, "
+                             f"{image_std}")
+        # MMDetection's Normalize holds mean and std as float32; mmcv.imnormalize subtracts the mean in float32
+        # (cv2.subtract), then multiplies by 1 / std computed in float64 and rounds the product to float32
+        # (cv2.multiply). A uint8 value has one result per channel, so all 256 are tabulated.
+        centred = torch.arange(256, dtype=torch.float32) - mean.float()[:, None]
+        inv_std = 1 / std.float().double()
+        self.register_buffer("pixel_table", (centred.double() * inv_std[:, None]).float(), False)  # [3, 256]
+        # Float images in [0, 1]: (x - mean / 255) / (std / 255) in the image's dtype.
+        self.register_buffer("float_mean", (mean / 255).float().view(3, 1, 1), False)
+        self.register_buffer("float_std", (std / 255).float().view(3, 1, 1), False)
 
     def forward(self, images: Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None
                 ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
         """Prepare a batch.
 
         Args:
-            images: ``N`` tensors ``[3, H_i, W_i]``, float RGB in [0, 1].
+            images: ``N`` tensors ``[3, H_i, W_i]``, RGB, uint8 (MMDetection's pixels exactly) or float in [0, 1]
+                (float resize: close to MMDetection's, not identical).
             targets: Optional per-image dicts with ``'boxes' [K_i, 4]`` xyxy in the given image's pixels (other
                 keys are passed through).
 
@@ -101,17 +123,19 @@ class DetectionTransform(torch.nn.Module):
             if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
                 shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
                 raise ValueError(f"images[{i}]: expected a [3, H, W] tensor, got {shape}")
-            if not img.is_floating_point():
-                raise ValueError(f"images[{i}]: expected a float tensor in [0, 1], got {img.dtype}")
+            if img.dtype != torch.uint8 and not img.is_floating_point():
+                raise ValueError(f"images[{i}]: expected uint8 or float in [0, 1], got {img.dtype}")
             oh, ow = int(img.shape[1]), int(img.shape[2])
             if oh < 1 or ow < 1:
                 raise ValueError(f"images[{i}]: empty image of size {oh}x{ow}")
             h, w = resized_size(oh, ow, self.min_size, self.max_size)
-            # MMDetection resizes with cv2 INTER_LINEAR: half-pixel centres, no antialiasing when shrinking.
-            out = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]
-            mean = self.image_mean.to(out)
-            std = self.image_std.to(out)
-            resized.append((out - mean) / std)
+            if img.dtype == torch.uint8:
+                out = resize_linear_uint8(img, (h, w))
+                resized.append(self.pixel_table.gather(1, out.reshape(3, -1).long()).view(3, h, w))
+            else:
+                # cv2 INTER_LINEAR's sampling: half-pixel centres, no antialiasing when shrinking.
+                out = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]
+                resized.append((out - self.float_mean.to(out)) / self.float_std.to(out))
             sizes.append((h, w))
             originals.append((oh, ow))
         d = self.size_divisor
