@@ -69,7 +69,7 @@ def inference_speed(model: torch.nn.Module, images: Sequence[torch.Tensor], *, w
 
     Args:
         model: a detector following genattn's call convention (``model([image])`` in eval mode).
-        images: the timed images, each [3, H, W] float in [0, 1], already on the model's device. The first
+        images: the timed images, each [3, H, W] uint8 or float in [0, 1], already on the model's device. The first
             ``warmup`` calls reuse them untimed.
         warmup: untimed calls before timing (allocator, cuDNN autotuning, lazy initialisation).
         progress: show a progress bar.
@@ -226,7 +226,8 @@ def benchmark(spec, *, checkpoint: str | None = None, device: str | torch.device
         num_images: timed images.
         warmup: untimed warm-up calls.
         input_size: (H, W) of the random images used when ``images`` is not given.
-        images: real images ([3, H, W] in [0, 1]) to time instead of random ones; cycled to ``num_images``.
+        images: real images ([3, H, W] uint8, or float in [0, 1]) to time instead of random ones; cycled to
+            ``num_images``.
         memory_steps: training steps for the memory peak (0 skips it).
         batch_size: images per training step.
         threads: CPU threads (default: torch's current setting).

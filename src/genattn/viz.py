@@ -24,7 +24,7 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
 
 
 def load_image(path: str | Path) -> tuple[Image.Image, torch.Tensor]:
-    """Read an image file as RGB; returns the PIL image and a float tensor [3, H, W] in [0, 1].
+    """Read an image file as RGB; returns the PIL image and its uint8 tensor [3, H, W].
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -38,7 +38,7 @@ def load_image(path: str | Path) -> tuple[Image.Image, torch.Tensor]:
             image = im.convert("RGB")
     except (UnidentifiedImageError, OSError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from None
-    tensor = torch.from_numpy(np.asarray(image, dtype=np.float32) / 255.0).permute(2, 0, 1).contiguous()
+    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
     return image, tensor
 
 
@@ -153,7 +153,7 @@ def attention_maps(model: torch.nn.Module, image: torch.Tensor, point: tuple[int
 
     Args:
         model: a detector whose backbone has ``gen_attention_block`` modules.
-        image: [3, H, W] float in [0, 1].
+        image: [3, H, W], uint8 or float in [0, 1] (what the model takes).
         point: (x, y) in image pixels.
 
     Returns:

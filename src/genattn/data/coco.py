@@ -113,7 +113,7 @@ def load_coco_json(ann_file: str | os.PathLike, *, require_annotations: bool = T
 class CocoDetection(torch.utils.data.Dataset):
     """A COCO-format detection dataset.
 
-    Item ``i`` is ``(image, target)``: ``image`` float32 [3, H, W] RGB in [0, 1] at the stored size, ``target``
+    Item ``i`` is ``(image, target)``: ``image`` uint8 [3, H, W] RGB at the stored size, ``target``
     ``{'boxes': float32 [K, 4] xyxy pixels, 'labels': int64 [K] category ids, 'image_id': int,
     'orig_size': (H, W)}``. In training the image is flipped left-right with probability ``flip_prob``; the
     decision is a function of (seed, epoch, index) only, so it does not depend on the number of loader workers

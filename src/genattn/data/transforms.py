@@ -1,8 +1,8 @@
 """The dataset-side part of MMDetection's pipeline: decode, flip.
 
 Resizing, normalisation and padding belong to the model (torchvision convention), so the dataset hands out
-images at their stored size with values in [0, 1]; the only training augmentation of the 1x recipe is the
-horizontal flip.
+decoded uint8 images at their stored size (the model then resizes them with MMDetection's exact integer
+arithmetic); the only training augmentation of the 1x recipe is the horizontal flip.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
         path: image file (any format PIL reads).
 
     Returns:
-        float32 tensor [3, H, W] with values in [0, 1].
+        uint8 tensor [3, H, W], the decoded pixels.
 
     Raises:
         ValueError: the file is missing or cannot be decoded (one line naming the file and the reason).
@@ -37,7 +37,7 @@ def load_image(path: str | os.PathLike) -> torch.Tensor:
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         reason = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise ValueError(f"image {path}: cannot decode ({reason})") from None
-    return pil_to_tensor(rgb).float().div_(255.0)
+    return pil_to_tensor(rgb).contiguous()  # pil_to_tensor gives a channels-last view
 
 
 def hflip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
