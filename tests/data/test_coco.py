@@ -19,7 +19,7 @@ def test_item_contract_and_filtering(coco_files):
     image, target = ds[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 48, 64) and image.is_contiguous()
     with Image.open(img_dir / "a.png") as im:  # the decoded pixels as they are: the model resizes them exactly
-        assert torch.equal(image, torch.from_numpy(np.asarray(im.convert("RGB"))).permute(2, 0, 1))
+        assert torch.equal(image, torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1))
     assert torch.equal(target["boxes"], torch.tensor([[2.0, 3, 22, 13], [30.5, 10, 45.5, 40]]))
     assert target["labels"].dtype == torch.int64 and target["labels"].tolist() == [5, 9]
     assert target["image_id"] == 1 and target["orig_size"] == (48, 64)
