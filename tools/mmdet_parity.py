@@ -30,12 +30,11 @@ For each model (the four seed models and the two reference models) the script
    - RoI head on MMDetection's proposals (before any threshold): pooled features, softmax scores, box deltas;
    - final detections: the fraction of MMDetection's detections matched by one of ours with the same class,
      IoU > 0.99 and |score diff| < 1e-4 (and the other way round);
-   - end to end through the public APIs (``model([image])`` vs MMDetection's pipeline + model): the same match
-     rate, now including the resize difference. The resize difference is reported separately (|diff| of the
-     normalised inputs; after rounding ours to uint8, the share of pixels that still differ: cv2's fixed-point
-     bilinear is off by one grey level here and there), together with a baseline: MMDetection run on *our*
-     resized input against MMDetection on its own, which shows how much of the end-to-end difference the resize
-     alone causes (random networks are far more input-sensitive than trained ones), and ours against that.
+   - end to end through the public APIs (``model([uint8 image])`` vs MMDetection's pipeline + model): the same
+     match rate, now including our pre-processing, whose normalised input is compared with MMDetection's first
+     ('identical' when bit-equal);
+   - the float path (``model([image / 255])``, a float resize): its input difference, and MMDetection run on that
+     input against MMDetection on its own, which shows what that difference alone does to random networks.
 Our labels are COCO category ids; MMDetection's are indices 0..79 in sorted-id order: mapped before comparing.
 
 Reading the output: one Markdown table per model, one column per image. Float noise (float32, different
@@ -218,6 +217,16 @@ def maxdiff(a: torch.Tensor, b: torch.Tensor) -> str:
     return f"{d:.2e} (rel {d / max(ref, 1e-30):.1e})"
 
 
+def input_diff(ours: torch.Tensor, ref: torch.Tensor) -> str:
+    """Normalised network inputs: 'identical', or the max / mean |diff| and the share of values that differ."""
+    if ours.shape != ref.shape:
+        return f"SIZE {tuple(ours.shape)} vs {tuple(ref.shape)}"
+    if torch.equal(ours, ref):
+        return "identical"
+    d = (ours - ref).abs()
+    return f"max {d.max().item():.3f}, mean {d.mean().item():.4f}, differing {(d > 0).float().mean().item():.3f}"
+
+
 def match_detections(ref_boxes, ref_scores, ref_labels, boxes, scores, labels, iou=0.99, score_tol=1e-4):
     """Greedy one-to-one matching, best reference first: same label, IoU > iou, |score diff| < score_tol."""
     if len(ref_boxes) == 0 or len(boxes) == 0:
@@ -304,37 +313,26 @@ def compare(name: str, images: list[np.ndarray], seed: int, cls_logit_std: float
         det = ours.roi_head(p_ours, [props_ours], [(h, w)], None, [tuple(sf)])[0][0]
         r["detections, each its own proposals"] = detection_row(ref, (det["boxes"], det["scores"],
                                                                       cat_ids[det["labels"]]))
-        # End to end: MMDetection's pipeline + model vs our public call on the float image.
-        img_float = torch.from_numpy(rgb).permute(2, 0, 1).to(dtype) / 255
-        batch, _ = ours.transform([img_float])
-        ph, pw = img.shape[-2:]
-        if tuple(batch.tensors.shape[-2:]) == (ph, pw):
-            d = (batch.tensors - img).abs()
-            r["resize: our input vs mmdet's (normalised)"] = f"max {d.max().item():.3f}, mean {d.mean().item():.4f}"
-            # The same after rounding our resized pixels to uint8 as cv2 does: what is left is not the rounding.
-            mean, std = ours.transform.image_mean.to(dtype), ours.transform.image_std.to(dtype)
-            pix = (batch.tensors * std + mean) * 255
-            pix = ((pix.round().clamp(0, 255) / 255 - mean) / std)[..., :h, :w]
-            d8 = (pix - img[..., :h, :w]).abs()
-            share = (d8 > 1e-4).float().mean().item()
-            r["resize, ours rounded to uint8 vs mmdet's"] = f"max {d8.max().item():.3f}, differing pixels {share:.4f}"
-        else:
-            r["resize: our input vs mmdet's (normalised)"] = f"SIZE {tuple(batch.tensors.shape)} vs {tuple(img.shape)}"
-        out = ours([img_float])[0]
+        # End to end: MMDetection's pipeline + model vs our public call on the decoded uint8 image.
+        img_u8 = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1).contiguous()
+        batch, _ = ours.transform([img_u8])
+        r["input: ours (uint8) vs mmdet's"] = input_diff(batch.tensors, img)
+        out = ours([img_u8])[0]
         e2e_ours = (out["boxes"], out["scores"], out["labels"])
-        r["end to end: ours (public call) vs mmdet (its pipeline)"] = detection_row(ref, e2e_ours)
-        if tuple(batch.image_sizes[0]) == (h, w) and tuple(batch.tensors.shape) == tuple(img.shape):
-            # What the resize difference alone does: MMDetection on our pre-processed tensor vs on its own.
-            x = mm.extract_feat(batch.tensors)
+        r["end to end: ours (public call, uint8) vs mmdet (its pipeline)"] = detection_row(ref, e2e_ours)
+        # The float path (float images in [0, 1]: float resize), and what its input difference alone does:
+        # MMDetection run on that input against MMDetection on its own (random networks are far more
+        # input-sensitive than trained ones).
+        fbatch, _ = ours.transform([img_u8.to(dtype) / 255])
+        r["input: ours (float path) vs mmdet's"] = input_diff(fbatch.tensors, img)
+        if tuple(fbatch.image_sizes[0]) == (h, w) and tuple(fbatch.tensors.shape) == tuple(img.shape):
+            x = mm.extract_feat(fbatch.tensors)
             props = mm.rpn_head.simple_test_rpn(x, metas)
             db2, dl2 = mm.roi_head.simple_test_bboxes(x, metas, props, test_cfg, rescale=True)
-            mm_on_ours = (db2[0][:, :4], db2[0][:, 4], cat_ids[dl2[0]])
-            r["baseline: mmdet on our resized input vs on its own"] = detection_row(ref, mm_on_ours)
-            r["ours (public call) vs mmdet on our resized input"] = detection_row(mm_on_ours, e2e_ours)
-            loose = [match_detections(*ref, *d, iou=0.9, score_tol=0.05)[0] / max(len(ref[0]), 1)
-                     for d in (e2e_ours, mm_on_ours)]
-            r["loose (IoU>0.9, |ds|<0.05): ours e2e / mmdet on our input, vs mmdet"] = (f"{loose[0]:.3f} / "
-                                                                                       f"{loose[1]:.3f}")
+            mm_on_float = (db2[0][:, :4], db2[0][:, 4], cat_ids[dl2[0]])
+            r["mmdet on the float-path input vs on its own"] = detection_row(ref, mm_on_float)
+            loose = match_detections(*ref, *mm_on_float, iou=0.9, score_tol=0.05)[0] / max(len(ref[0]), 1)
+            r["  the same, loose (IoU > 0.9, |ds| < 0.05)"] = f"{loose:.3f}"
         rows.append(r)
     return rows
 
