@@ -6,12 +6,15 @@ The MMDetection-layout state dicts are written out here by hand from the documen
 the converter or from our model.
 """
 
+import re
+from collections import OrderedDict
+
 import pytest
 import torch
 
-from genattn.models import MODELS, get_model
+from genattn.models import MODELS, get_model, load_weights
 from genattn.models.convert import convert_mmdet_checkpoint
-from genattn.models.zoo import COCO_CATEGORY_IDS
+from genattn.models.zoo import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 
 # Parameters of mmcv's GeneralizedAttention that exist for each enabled term (E1, E2, E3, E4).
 ATTENTION_KEYS = {
@@ -172,6 +175,41 @@ def test_unmatched_misshaped_and_missing_keys_are_listed(tiny_model):
     assert "neck.extra_conv.weight" in msg
     assert "rpn_head.rpn_cls.weight [5, 32, 1, 1] (model: [3, 32, 1, 1])" in msg
     assert "roi_head.bbox_head.fc_reg.bias" in msg
+
+
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_released_mmdet2_file_loads_with_weights_only(tiny_model, tmp_path, legacy):
+    """A file laid out like MMDetection 2.x's released checkpoints loads through ``weights_only=True``.
+
+    mmcv's ``save_checkpoint`` writes ``{'meta', 'state_dict', 'optimizer'}``; the state dict is an OrderedDict
+    carrying the module versions in ``_metadata``; MMDetection's ``publish_model.py`` drops the optimizer and
+    saves in the pre-1.6 (non-zip) format, as the 2019/2020 files may be.
+    """
+    model, sd = _tiny_state(tiny_model)
+    sd = {k: v + 1 if v.is_floating_point() else v for k, v in sd.items()}  # not the fresh model's values
+    mm = OrderedDict((re.sub(r"^(neck\.(lateral|fpn)_convs\.\d+)\.", r"\1.conv.", k), v) for k, v in sd.items())
+    assert "neck.fpn_convs.3.conv.weight" in mm
+    mm._metadata = OrderedDict([("", {"version": 1}), ("backbone", {"version": 1}), ("backbone.bn1", {"version": 2})])
+    meta = {"mmdet_version": "2.0.0+5dd5b3a", "config": "model = dict(\n    type='FasterRCNN',\n" + "    ...\n" * 2000,
+            "CLASSES": COCO_CLASS_NAMES, "epoch": 12, "iter": 87960, "time": "Thu Jan 30 13:41:07 2020",
+            "env_info": "sys.platform: linux\nPython: 3.7.4\nCUDA available: True\nPyTorch: 1.4.0\n",
+            "mmcv_version": "0.2.16", "seed": None, "exp_name": "faster_rcnn_r50_fpn_1x_coco.py",
+            "hook_msgs": {"last_ckpt": "work_dirs/epoch_12.pth"}}
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.02, momentum=0.9, weight_decay=1e-4)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    optimizer.step()  # momentum buffers in the optimizer state
+    assert len(meta["CLASSES"]) == 80 and isinstance(meta["CLASSES"], tuple)
+    for name, ckpt in (("trained", {"meta": meta, "state_dict": mm, "optimizer": optimizer.state_dict()}),
+                       ("published", {"meta": meta, "state_dict": mm})):
+        path = tmp_path / f"{name}.pth"
+        torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
+        loaded = torch.load(path, map_location="cpu", weights_only=True)
+        assert loaded["meta"] == meta and loaded["state_dict"]._metadata == mm._metadata
+        fresh = tiny_model()
+        load_weights(fresh, str(path))  # the public call: convert_mmdet_checkpoint + strict load
+        for key, value in fresh.state_dict().items():
+            assert torch.equal(value, sd[key]), key
 
 
 def test_bad_files_give_one_line_errors(tiny_model, tmp_path):
