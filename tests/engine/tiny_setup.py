@@ -65,7 +65,8 @@ class ToyDetector(torch.nn.Module):
         self.cls = torch.nn.Linear(8, len(category_ids))
 
     def _features(self, images):
-        return torch.stack([self.conv(im[None]).relu().mean((2, 3))[0] for im in images])  # [N, 8]
+        # The dataset gives uint8 images; the real detector's transform normalises them, this one scales.
+        return torch.stack([self.conv(im[None].float() / 255).relu().mean((2, 3))[0] for im in images])  # [N, 8]
 
     def forward(self, images, targets=None):
         feats = self._features(images)
