@@ -40,7 +40,7 @@ def test_load_image_errors(tmp_path):
         viz.load_image(tmp_path / "missing.png")
     bad = tmp_path / "bad.png"
     bad.write_bytes(b"not an image")
-    with pytest.raises(ValueError, match="cannot read image"):
+    with pytest.raises(ValueError, match="bad.png: cannot decode"):
         viz.load_image(bad)
 
 

@@ -100,7 +100,8 @@ def _random_batch(batch_size: int, input_size: tuple[int, int], category_ids: Se
     h, w = input_size
     images, targets = [], []
     for _ in range(batch_size):
-        images.append(torch.rand(3, h, w, generator=generator))
+        # uint8, as decoded images are: the timing includes the exact (integer) resize
+        images.append(torch.randint(0, 256, (3, h, w), generator=generator, dtype=torch.uint8))
         xy = torch.rand(3, 2, generator=generator) * torch.tensor([w * 0.6, h * 0.6])
         wh = (torch.rand(3, 2, generator=generator) * 0.3 + 0.1) * torch.tensor([w, h])
         labels = torch.tensor(category_ids)[torch.randint(len(category_ids), (3,), generator=generator)]
@@ -250,7 +251,9 @@ def benchmark(spec, *, checkpoint: str | None = None, device: str | torch.device
     if images:
         timed = [images[i % len(images)].to(dev) for i in range(num_images)]
     else:
-        timed = [torch.rand(3, *input_size, generator=gen).to(dev) for _ in range(min(num_images, 4))]
+        # uint8, as decoded images are: the timing includes the exact (integer) resize
+        timed = [torch.randint(0, 256, (3, *input_size), generator=gen, dtype=torch.uint8).to(dev)
+                 for _ in range(min(num_images, 4))]
         timed = [timed[i % len(timed)] for i in range(num_images)]
     speed = inference_speed(model, timed, warmup=warmup, progress=progress)
     result = {"model": spec.name, "device": str(dev), "device_name": device_name(dev),

@@ -114,13 +114,11 @@ def _list(value):
 
 
 def _read(path: str) -> dict[str, Any]:
+    from genattn.models.convert import load_checkpoint_file
+
     if not Path(path).is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # pickle/zip errors of a truncated or foreign file
-        raise ValueError(f"checkpoint {path}: not a readable PyTorch checkpoint ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else ''})") from None
+    state = load_checkpoint_file(path)  # weights_only, one-line errors
     if not isinstance(state, dict):
         raise ValueError(f"checkpoint {path}: expected a dict, got {type(state).__name__}")
     return state

@@ -14,7 +14,9 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from PIL import Image, ImageDraw, ImageFont, UnidentifiedImageError
+from PIL import Image, ImageDraw, ImageFont
+
+from genattn.data.transforms import load_image as load_image_tensor
 
 __all__ = ["load_image", "draw_detections", "detect_images", "attention_maps", "render_attention_block",
            "render_attention_summary", "attention_pictures"]
@@ -33,13 +35,8 @@ def load_image(path: str | Path) -> tuple[Image.Image, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    try:
-        with Image.open(path) as im:
-            image = im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"cannot read image {path}: {e}") from None
-    tensor = torch.from_numpy(np.array(image, dtype=np.uint8)).permute(2, 0, 1).contiguous()
-    return image, tensor
+    tensor = load_image_tensor(path)
+    return Image.fromarray(tensor.permute(1, 2, 0).contiguous().numpy()), tensor
 
 
 def _font(size: int = 11) -> ImageFont.ImageFont:
