@@ -111,6 +111,7 @@ def blocks(t: Terms, elements: int | None = None) -> list[list[Block]]:
     per_pair = nq * nk
     if per_pair >= elements:
         heads, rows = 1, max(1, elements // nk)
+        rows = -(-nq // -(-nq // rows))  # the same number of blocks, evened out
     else:
         heads, rows = max(1, min(nh, elements // per_pair)), nq
     groups = [slice(h, min(h + heads, nh)) for h in range(0, nh, heads)]
