@@ -38,10 +38,10 @@ BATCH, HEADS, KV_STRIDE = 2, 8, 2
 
 
 def _import_genattn():
-    try:
-        import genattn  # noqa: F401
-    except ImportError:  # running from a checkout without installing
-        sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src"))
+    """Benchmark the checkout this script belongs to, not whatever genattn happens to be installed."""
+    src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "src")
+    if os.path.isdir(os.path.join(src, "genattn")):
+        sys.path.insert(0, src)
 
 
 def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup: int, repeats: int,

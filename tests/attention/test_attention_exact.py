@@ -79,15 +79,24 @@ def test_large_energies_window():
 
 
 def test_chunked_blocks_do_not_matter():
-    """Blocks of one query and of several give the same numbers (block edges are handled)."""
-    from genattn.attention.paths.chunked import chunked_attention
+    """Blocks of one query, of several, of whole (image, head) pairs: same outputs and gradients."""
+    from genattn.attention.paths.chunked import blocks, chunked_attention
 
     m = _module("1111", spatial_range=1)
     x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
     t = m.decompose(x)
-    whole = chunked_attention(t, block=t.nq)
-    for block in (1, 3, 7):
-        torch.testing.assert_close(chunked_attention(t, block=block), whole, **TOL)
+    pair = t.nq * t.nk
+    whole = chunked_attention(t, elements=pair * t.batch * t.heads)
+    assert len(blocks(t, pair * t.batch * t.heads)[0]) == 1
+    for elements in (1, 3 * t.nk, 7 * t.nk, pair, 3 * pair):
+        torch.testing.assert_close(chunked_attention(t, elements=elements), whole, **TOL)
+    grad_out = torch.randn_like(whole)
+    inputs = [v for v in (t.query, t.key, t.value, t.key_bias, t.bias_x, t.bias_y)]
+    ref = torch.autograd.grad(whole, inputs, grad_out, retain_graph=True)
+    for elements in (1, 3 * t.nk, 3 * pair):
+        got = torch.autograd.grad(chunked_attention(t, elements=elements), inputs, grad_out, retain_graph=True)
+        for a, b in zip(got, ref):
+            torch.testing.assert_close(a, b, **TOL)
 
 
 @pytest.mark.parametrize("attention_type", ["1111", "0110"])
@@ -103,7 +112,7 @@ def test_chunked_worker_threads(attention_type):
     ref_grads = _grads(m, x, ref, grad_out)
     m.impl = "chunked"
     before = chunked.BLOCK_ELEMENTS
-    chunked.BLOCK_ELEMENTS = 2 * 2 * 20  # 5 queries a block: several blocks per worker
+    chunked.BLOCK_ELEMENTS = 4 * 20  # 4 queries of one (image, head) pair a block: several per worker
     try:
         out = m(x)
         grads = _grads(m, x, out, grad_out)

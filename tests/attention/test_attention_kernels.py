@@ -35,13 +35,17 @@ def _terms(e1: bool, e3: bool, pos: bool, window: bool, hq=3, wq=2, hk=2, wk=3, 
     (True, True, True, True), (True, False, False, False), (False, True, False, False),
     (False, False, True, True), (True, False, True, False),
 ])
-def test_gradcheck_chunked(e1, e3, pos, window):
+@pytest.mark.parametrize("queries", [4, None])
+def test_gradcheck_chunked(e1, e3, pos, window, queries):
     torch.manual_seed(0)
     tensors, static = _terms(e1, e3, pos, window)
     names = list(tensors)
+    nk = static["hk"] * static["wk"]
+    # 4 queries of one (image, head) pair a block, or every pair and query in one block
+    elements = 4 * nk if queries else 1 << 20
 
     def fn(*args):
-        return chunked_attention(Terms(**dict(zip(names, args)), **static), block=4)
+        return chunked_attention(Terms(**dict(zip(names, args)), **static), elements=elements)
 
     assert torch.autograd.gradcheck(fn, tuple(tensors.values()))
 

@@ -29,13 +29,13 @@ uses that setting; such a key is dropped silently on loading).
 Computation paths (``impl``; all give the same result, see ``genattn.attention.paths``):
 
 * ``'materialize'``: the original algorithm, full ``[N, h, Nq, Nk]`` energy. The yardstick.
-* ``'chunked'``: flash-style custom autograd over blocks of queries; keeps only per-row logsumexp.
+* ``'chunked'``: flash-style custom autograd over blocks of queries; keeps no scores, recomputes them.
 * ``'sdpa'``: ``scaled_dot_product_attention`` on vectors augmented with the decomposed position/bias terms.
 * ``'flex'``: FlexAttention with a score_mod (CUDA only).
 * ``'key_only'``: '0010' without spatial_range: one context vector per image.
 * ``'separable'``: '0001': the softmax factorises into an x softmax times a y softmax.
-* ``'auto'``: key_only / separable where they apply; otherwise flex on CUDA (with Triton); on CPU sdpa for
-  inference and chunked for training when position terms or a window are on (see ``paths.choose``).
+* ``'auto'``: key_only / separable where they apply; otherwise flex on CUDA (with Triton); elsewhere chunked on
+  large maps when position terms or a window are on, sdpa otherwise (see ``paths.choose``).
 """
 
 from __future__ import annotations

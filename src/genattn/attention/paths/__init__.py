@@ -4,10 +4,10 @@ Every path maps the decomposed terms (``genattn.attention.terms.Terms``) to the 
 ``[N, h, Nq, dv]`` (``[N, h, 1, dv]`` for ``key_only``) and gives the same result up to rounding.
 
 ``'auto'`` picks ``key_only`` for '0010' without a window, ``separable`` for '0001' and FlexAttention on CUDA
-with Triton. Elsewhere (CPU): ``chunked`` when gradients are needed, the position terms or a window widen
-sdpa's vectors and the map is large (at least ``CHUNKED_MIN_PAIRS`` query-key pairs per image and head), and
-``sdpa`` otherwise (the numbers behind this are in ``choose`` and the README's benchmark table). An empty batch
-takes ``materialize``, which handles it trivially.
+with Triton. Elsewhere (CPU): ``chunked`` when the position terms or a window widen sdpa's vectors and the map
+is large (at least ``CHUNKED_MIN_PAIRS`` query-key pairs per image and head), ``sdpa`` otherwise (the numbers
+behind this are in ``choose`` and the README's benchmark table). An empty batch takes ``materialize``, which
+handles it trivially.
 """
 
 from __future__ import annotations
@@ -21,8 +21,8 @@ from genattn.attention.paths.materialize import materialize_attention
 from genattn.attention.paths.sdpa import sdpa_attention
 from genattn.attention.terms import Terms
 
-# Query-key pairs per image and head from which auto prefers chunked over sdpa in CPU training (see choose).
-CHUNKED_MIN_PAIRS = 1 << 20
+# Query-key pairs per image and head from which auto prefers chunked over sdpa (see choose).
+CHUNKED_MIN_PAIRS = 1 << 19
 
 IMPLS = ("auto", "materialize", "chunked", "sdpa", "flex", "key_only", "separable")
 
@@ -60,7 +60,7 @@ def applicable(attention_type: str, spatial_range: int, device_type: str = "cpu"
 
 
 def choose(impl: str, attention_type: str, spatial_range: int, t: Terms) -> str:
-    """The path to run: ``impl`` itself unless it is ``'auto'`` (which looks at whether gradients are needed)."""
+    """The path to run: ``impl`` itself unless it is ``'auto'`` (which looks at the terms, device and map size)."""
     if impl != "auto":
         return impl
     if t.batch == 0:
@@ -71,12 +71,13 @@ def choose(impl: str, attention_type: str, spatial_range: int, t: Terms) -> str:
         return "separable"
     if flex_available(t.value.device):
         return "flex"
-    # sdpa widens queries/keys by wk + hk one-hot columns for the position terms or a window; its backward then
-    # costs ~3x the plain d-wide one, and on large maps the chunked path's custom backward wins in training. On
-    # small maps chunked's per-block op overhead dominates and sdpa wins (quiet 2-core EPYC, '1111' f+b: stage 3,
-    # 4200 x 1050 pairs, chunked 1116 ms vs sdpa 1282 ms; stage 4, 1050 x 263 pairs, 266 ms vs 192 ms).
+    # sdpa widens queries/keys by wk + hk one-hot columns (and values to the same width) for the position terms
+    # or a window, which triples its matmuls; chunked keeps them d wide but pays per-block op overhead, which
+    # small maps do not amortise. '1111', 256 channels, 8 heads, batch 2, kv_stride 2, 2 threads of a quiet
+    # 2-core EPYC, forward / forward+backward ms, sdpa vs chunked: 0.29M pairs (25x42) 36/112 vs 42/117;
+    # 0.80M (32x56) 77/261 vs 73/209; 1.64M (40x64) 153/497 vs 104/307; 4.41M (50x84) 368/1165 vs 282/744.
     widened = t.bias_x is not None or t.window_x is not None
-    if widened and t.value.requires_grad and t.nq * t.nk >= CHUNKED_MIN_PAIRS:
+    if widened and t.nq * t.nk >= CHUNKED_MIN_PAIRS:
         return "chunked"
     return "sdpa"
 
