@@ -201,17 +201,16 @@ class GeneralizedAttention(nn.Module):
             t.key_bias = torch.matmul(key, self.appr_bias.view(h, d, 1).to(key.dtype)).squeeze(-1)
         if e2 or e4:
             rx, ry = self._position_features(hq, wq, hk, wk, x)
-            parts_x, parts_y = [], []
             if e2:
                 q5 = query.reshape(n, h, hq, wq, d)
-                parts_x.append(torch.einsum("nhyxd,hxkd->nhyxk", q5, rx.to(q5.dtype)))
-                parts_y.append(torch.einsum("nhyxd,hykd->nhyxk", q5, ry.to(q5.dtype)))
-            if e4:
+                if e4:  # (q + v) . r: the E2 and E4 terms in one product, as mmcv computes them
+                    q5 = q5 + self.geom_bias.view(1, h, 1, 1, d).to(q5.dtype)
+                t.bias_x = torch.einsum("nhyxd,hxkd->nhyxk", q5, rx.to(q5.dtype))
+                t.bias_y = torch.einsum("nhyxd,hykd->nhyxk", q5, ry.to(q5.dtype))
+            else:  # E4 alone, v . r: the same for every image and every query row (x) / column (y)
                 v = self.geom_bias.view(h, d)
-                parts_x.append(torch.einsum("hxkd,hd->hxk", rx, v.to(rx.dtype))[None, :, None])  # [1,h,1,wq,wk]
-                parts_y.append(torch.einsum("hykd,hd->hyk", ry, v.to(ry.dtype))[None, :, :, None])  # [1,h,hq,1,hk]
-            t.bias_x = parts_x[0] if len(parts_x) == 1 else parts_x[0] + parts_x[1]
-            t.bias_y = parts_y[0] if len(parts_y) == 1 else parts_y[0] + parts_y[1]
+                t.bias_x = torch.einsum("hxkd,hd->hxk", rx, v.to(rx.dtype))[None, :, None]  # [1,h,1,wq,wk]
+                t.bias_y = torch.einsum("hykd,hd->hyk", ry, v.to(ry.dtype))[None, :, :, None]  # [1,h,hq,1,hk]
         if self.spatial_range >= 0:
             t.window_x = axis_window(wq, wk, self.q_stride, self.kv_stride, self.spatial_range, device=x.device)
             t.window_y = axis_window(hq, hk, self.q_stride, self.kv_stride, self.spatial_range, device=x.device)
@@ -239,7 +238,7 @@ class GeneralizedAttention(nn.Module):
         if out.shape[-2:] != x.shape[-2:] and (hq, wq) != (1, 1):
             out = F.interpolate(out, size=x.shape[-2:], mode="bilinear", align_corners=False)
         # A 1x1 map (key_only) broadcasts: bilinear resizing of a constant map is that constant.
-        return self.gamma * out + x
+        return torch.addcmul(x, self.gamma, out)  # x + gamma * out in one pass
 
     @torch.no_grad()
     def point_attention(self, x: Tensor, y: int, x_: int) -> dict[str, Tensor]:
