@@ -20,6 +20,7 @@ Usage::
     python benchmarks/attention.py                # CPU, and CUDA when present; Markdown table to stdout
     python benchmarks/attention.py --quick        # smoke run: 1 warm-up, 2 timed repeats
     python benchmarks/attention.py --types 1111 --shapes stage3 --json out.json
+    python benchmarks/attention.py --rounds 3      # every case timed 3 times in turn: steadier on shared machines
 """
 
 from __future__ import annotations
@@ -119,19 +120,40 @@ def _cpu_subprocess(case: dict, env: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def run_cpu_case(args, shape, attention_type, impl) -> dict:
-    """Times from one fresh subprocess, peak memory from another.
+def run_cpu_case(args, shape, attention_type, impl, memory: bool = True) -> dict:
+    """Times from one fresh subprocess, peak memory (when ``memory``) from another.
 
     The memory reading needs glibc's small mmap threshold, which turns every allocation above 64 KiB into a
-    fresh mapping with its page faults; that slows paths that allocate per block (``chunked``: 2x) far more than
-    the materialising yardstick, so the times come from a process with the default allocator."""
+    fresh mapping with its page faults; that slows paths that allocate per block far more than the
+    materialising yardstick, so the times come from a process with the default allocator."""
     case = dict(device="cpu", shape=shape, attention_type=attention_type, impl=impl, warmup=args.warmup,
                 repeats=args.repeats, threads=args.threads)
     env = dict(os.environ, OMP_NUM_THREADS=str(args.threads))
     result = _cpu_subprocess(case, env)
-    memory = _cpu_subprocess(dict(case, warmup=1, repeats=1), dict(env, MALLOC_MMAP_THRESHOLD_="65536"))
-    result.update(fwd_mb=memory["fwd_mb"], fb_mb=memory["fb_mb"])
+    if memory:
+        mem = _cpu_subprocess(dict(case, warmup=1, repeats=1), dict(env, MALLOC_MMAP_THRESHOLD_="65536"))
+        result.update(fwd_mb=mem["fwd_mb"], fb_mb=mem["fb_mb"])
     return result
+
+
+def combine(rounds: list[list[dict]]) -> list[dict]:
+    """One row per case from several rounds over all cases: the median time over rounds, and speed-ups as the
+    median over rounds of the ratio to the yardstick *of the same round* (slow drifts of a shared machine then
+    hit both sides of a ratio alike)."""
+    rows = []
+    for i, first in enumerate(rounds[0]):
+        row = dict(first)
+        for mode in ("fwd", "fb"):
+            row[f"{mode}_ms"] = statistics.median(r[i][f"{mode}_ms"] for r in rounds)
+            ratios = []
+            for r in rounds:
+                yard = next((c for c in r if c["impl"] == "materialize" and c["shape"] == first["shape"]
+                             and c["type"] == first["type"]), None)
+                if yard is not None:
+                    ratios.append(yard[f"{mode}_ms"] / r[i][f"{mode}_ms"])
+            row[f"{mode}_speedup"] = statistics.median(ratios) if ratios else None
+        rows.append(row)
+    return rows
 
 
 def markdown(results: list[dict], title: str) -> str:
@@ -146,12 +168,16 @@ def markdown(results: list[dict], title: str) -> str:
         def ratio(a, b, fmt="{:.2f}x"):
             return fmt.format(a / b) if y and b > 0 else "-"
 
+        def speedup(mode):
+            return "-" if r.get(f"{mode}_speedup") is None else f"{r[f'{mode}_speedup']:.2f}x"
+
         lines.append(
             f"| {r['shape']} | {r['type']} | {path} | {r['fwd_ms']:.1f} | {r['fwd_mb']:.0f} | {r['fb_ms']:.1f} | "
-            f"{r['fb_mb']:.0f} | {ratio(y['fwd_ms'] if y else 0, r['fwd_ms'])} | "
-            f"{ratio(y['fb_ms'] if y else 0, r['fb_ms'])} | {ratio(r['fb_mb'], y['fb_mb'] if y else 0, '{:.2f}')} |")
+            f"{r['fb_mb']:.0f} | {speedup('fwd')} | {speedup('fb')} | "
+            f"{ratio(r['fb_mb'], y['fb_mb'] if y else 0, '{:.2f}')} |")
     lines.append("")
-    lines.append("Speed-ups: materialize time / path time. f+b memory: path peak / materialize peak.")
+    lines.append("Speed-ups: materialize time / path time (the median over rounds of the ratio within a round). "
+                 "f+b memory: path peak / materialize peak.")
     return "\n".join(lines)
 
 
@@ -165,6 +191,8 @@ def main(argv=None) -> int:
     parser.add_argument("--impls", nargs="+", default=None, help="paths to run (default: all applicable + auto)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every case this many times, in turn (memory is read once)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 2 timed repeats")
     parser.add_argument("--json", help="also write the raw results here")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
@@ -179,6 +207,8 @@ def main(argv=None) -> int:
             parser.error(f"--types: bad attention type {t!r}")
     if args.threads < 1:
         parser.error(f"--threads must be >= 1, got {args.threads}")
+    if args.rounds < 1:
+        parser.error(f"--rounds must be >= 1, got {args.rounds}")
 
     import torch
 
@@ -193,27 +223,33 @@ def main(argv=None) -> int:
         devices.append("cuda")
     all_results = []
     for device in devices:
-        results = []
+        cases = []
         for shape in args.shapes:
             for attention_type in args.types:
                 impls = args.impls or ["materialize"] + [
                     p for p in applicable(attention_type, -1, device) if p != "materialize"] + ["auto"]
-                for impl in impls:
-                    if impl not in applicable(attention_type, -1, device) + ["auto"]:
-                        continue
-                    if device == "cpu":
-                        r = run_cpu_case(args, shape, attention_type, impl)
-                    else:
-                        r = measure_case(device, shape, attention_type, impl, args.warmup, args.repeats,
-                                         args.threads)
-                    print(f"# {device} {shape} {attention_type} {impl}: fwd {r['fwd_ms']:.1f} ms "
-                          f"{r['fwd_mb']:.0f} MB, f+b {r['fb_ms']:.1f} ms {r['fb_mb']:.0f} MB",
-                          file=sys.stderr, flush=True)
-                    results.append(r)
+                cases += [(shape, attention_type, impl) for impl in impls
+                          if impl in applicable(attention_type, -1, device) + ["auto"]]
+        rounds = []
+        for k in range(args.rounds):
+            results = []
+            for shape, attention_type, impl in cases:
+                if device == "cpu":
+                    r = run_cpu_case(args, shape, attention_type, impl, memory=k == 0)
+                    if k:
+                        r.update(fwd_mb=rounds[0][len(results)]["fwd_mb"], fb_mb=rounds[0][len(results)]["fb_mb"])
+                else:
+                    r = measure_case(device, shape, attention_type, impl, args.warmup, args.repeats, args.threads)
+                print(f"# round {k + 1}/{args.rounds} {device} {shape} {attention_type} {impl}: fwd "
+                      f"{r['fwd_ms']:.1f} ms {r['fwd_mb']:.0f} MB, f+b {r['fb_ms']:.1f} ms {r['fb_mb']:.0f} MB",
+                      file=sys.stderr, flush=True)
+                results.append(r)
+            rounds.append(results)
+        results = combine(rounds)
         torch.set_num_threads(args.threads)  # device_name reports this process's thread count
         title = (f"{device_name(torch.device(device))}; torch {torch.__version__}; batch {BATCH}, "
-                 f"{HEADS} heads, "
-                 f"kv_stride {KV_STRIDE}, float32; median of {args.repeats}")
+                 f"{HEADS} heads, kv_stride {KV_STRIDE}, float32; median of {args.repeats}"
+                 + (f", {args.rounds} rounds" if args.rounds > 1 else ""))
         print(markdown(results, title))
         print()
         all_results += results
