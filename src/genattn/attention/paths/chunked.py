@@ -32,8 +32,8 @@ from torch.autograd.function import once_differentiable
 from genattn.attention.paths.materialize import stats_dtype
 from genattn.attention.terms import Terms
 
-# Elements of one block of scores, [N*h, block, Nk]: 512K float32 = 2 MB stays in cache on CPU, so the
-# elementwise passes over a block (bias add, softmax, dS) run at cache speed, not memory speed.
+# Scores in one block, [pairs, queries, Nk]: 512K float32 = 2 MB, within the CPU's caches, so the elementwise
+# passes over a block (bias add, softmax, dS) run at cache speed, not memory speed.
 BLOCK_ELEMENTS = 1 << 19
 
 
@@ -47,7 +47,7 @@ class _Operands:
 
     def __init__(self, t: Terms, q, k, v, c, bx, by, dtype):
         nh = t.batch * t.heads
-        self.t, self.nh, self.dtype = t, nh, dtype
+        self.t, self.nh = t, nh
         self.d = 0 if q is None else q.shape[-1]
         q_parts, k_parts = [], []
         if q is not None:
