@@ -116,9 +116,12 @@ def test_chunked_worker_threads(attention_type):
     try:
         out = m(x)
         grads = _grads(m, x, out, grad_out)
+        with torch.inference_mode():  # the workers are other threads: they must inherit inference mode
+            inferred = m(x.detach())
     finally:
         chunked.BLOCK_ELEMENTS = before
     assert torch.get_num_threads() == 2
     torch.testing.assert_close(out, ref, **TOL)
+    torch.testing.assert_close(inferred, ref.detach(), **TOL)
     for got, want in zip(grads, ref_grads):
         torch.testing.assert_close(got, want, **TOL)

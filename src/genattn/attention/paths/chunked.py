@@ -129,8 +129,12 @@ def _run(plan: list[list[Block]], work, device_type: str) -> None:
     releases the GIL inside ops). A block's ops are small, and with intra-op parallelism each one would be an
     OpenMP fork/join: hundreds per call, which on busy cores costs more than the work.
     """
+    # Grad and inference mode are per thread: a worker must run in the caller's inference mode, or the buffers
+    # the caller made under torch.inference_mode() could not be written in place.
+    inference = torch.is_inference_mode_enabled()
+
     def run(slot):
-        with torch.no_grad(), torch.autocast(device_type, enabled=False):
+        with torch.inference_mode(inference), torch.no_grad(), torch.autocast(device_type, enabled=False):
             for blk in plan[slot]:
                 work(blk, slot)
 
