@@ -53,7 +53,7 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
     _import_genattn()
     from genattn.attention import GeneralizedAttention
     from genattn.attention import paths
-    from genattn.benchmark import status_kib
+    from genattn.app.bench import status_kib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -214,7 +214,7 @@ def main(argv=None) -> int:
 
     _import_genattn()
     from genattn.attention.paths import applicable
-    from genattn.benchmark import device_name
+    from genattn.app.bench import device_name
 
     devices = ["cpu"] if args.device in ("all", "cpu") else []
     if args.device == "cuda" or (args.device == "all" and torch.cuda.is_available()):

@@ -1,6 +1,6 @@
 """Inference speed and training memory of the seed's detectors, as a Markdown table naming the device.
 
-Runs :func:`genattn.benchmark.benchmark` (batch-1 median fps; peak training memory) for each model and prints
+Runs :func:`genattn.app.bench.benchmark` (batch-1 median fps; peak training memory) for each model and prints
 the ratios the project's targets are stated in: '1111' time over the baseline's, '1111' memory over '0010''s.
 
     python benchmarks/detector.py                       # the seed's models at 800x1333 (slow on a CPU)
@@ -16,11 +16,11 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 
-from genattn.benchmark import benchmark  # noqa: E402
-from genattn.inference import ModelSpec  # noqa: E402
+from genattn.app.bench import benchmark  # noqa: E402
+from genattn.models import ModelConfig  # noqa: E402
+from genattn.models.zoo import study_models  # noqa: E402
 
-MODELS = ("faster_rcnn_r50_fpn_1x_coco", "faster_rcnn_r50_fpn_attention_0010_1x_coco",
-          "faster_rcnn_r50_fpn_attention_1111_1x_coco")
+MODELS = study_models()  # baseline, '0010', '1111'
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -38,27 +38,27 @@ def main(argv: list[str] | None = None) -> None:
 
     results = []
     for name in args.models:
-        r = benchmark(ModelSpec.create(name), device=args.device, num_images=args.images, warmup=args.warmup,
+        r = benchmark(name, device=args.device, num_images=args.images, warmup=args.warmup,
                       input_size=tuple(args.input_size), memory_steps=args.memory_steps,
                       batch_size=args.batch_size, threads=args.threads, progress=True)
         results.append(r)
-        print(f"{name}: {r['fps']:.2f} fps, {r['mem_gb'] or float('nan'):.2f} GB", file=sys.stderr)
+        print(f"{name}: {r.fps:.2f} fps, {r.mem_gb or float('nan'):.2f} GB", file=sys.stderr)
 
-    by_name = {r["model"]: r for r in results}
-    print(f"Device: {results[0]['device_name']}; input {args.input_size[0]}x{args.input_size[1]} resized by the "
-          f"model; batch 1, median of {args.images} after {args.warmup} warm-up; memory: {results[0]['mem_method']}"
+    by_type = {ModelConfig.from_name(r.model).attention_type: r for r in results}
+    print(f"Device: {results[0].device_name}; input {args.input_size[0]}x{args.input_size[1]} resized by the "
+          f"model; batch 1, median of {args.images} after {args.warmup} warm-up; memory: {results[0].mem_method}"
           f" (batch {args.batch_size}, {args.memory_steps} steps)\n")
     print("| model | fps | median (ms) | train mem (GB) |\n|---|---:|---:|---:|")
     for r in results:
-        mem = f"{r['mem_gb']:.2f}" if r["mem_gb"] is not None else "-"
-        print(f"| {r['model']} | {r['fps']:.2f} | {r['median_ms']:.0f} | {mem} |")
-    base, k0010, k1111 = (by_name.get(m) for m in MODELS)
+        mem = f"{r.mem_gb:.2f}" if r.mem_gb is not None else "-"
+        print(f"| {r.model} | {r.fps:.2f} | {r.median_ms:.0f} | {mem} |")
+    base, k0010, k1111 = (by_type.get(t) for t in (None, "0010", "1111"))
     if base and k1111:
-        print(f"\n'1111' inference time / baseline's: {k1111['median_ms'] / base['median_ms']:.2f}x")
-    if k0010 and k1111 and k0010["mem_gb"] and k1111["mem_gb"]:
-        print(f"'1111' training memory / '0010''s: {k1111['mem_gb'] / k0010['mem_gb']:.2f}x")
+        print(f"\n'1111' inference time / baseline's: {k1111.median_ms / base.median_ms:.2f}x")
+    if k0010 and k1111 and k0010.mem_gb and k1111.mem_gb:
+        print(f"'1111' training memory / '0010''s: {k1111.mem_gb / k0010.mem_gb:.2f}x")
     if args.json:
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
 
 
 if __name__ == "__main__":

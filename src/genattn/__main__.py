@@ -1,3 +1,3 @@
-from genattn.cli import main
+from genattn.app.cli import main
 
 raise SystemExit(main())

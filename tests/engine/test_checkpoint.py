@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from genattn.engine import checkpoint as ck
+from genattn.models.weights import load_file
 
 
 def test_atomic_save_and_latest(tmp_path):
@@ -12,7 +13,7 @@ def test_atomic_save_and_latest(tmp_path):
     ck.save_checkpoint({"a": torch.ones(2)}, tmp_path / "epoch_1.pth")
     ck.save_checkpoint({"a": torch.zeros(2)}, tmp_path / "epoch_2.pth")
     assert ck.find_latest(tmp_path) == tmp_path / "epoch_2.pth"
-    assert torch.equal(ck.load_checkpoint(tmp_path / "epoch_2.pth")["a"], torch.zeros(2))
+    assert torch.equal(load_file(tmp_path / "epoch_2.pth")["a"], torch.zeros(2))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pth", "epoch_2.pth", "last_checkpoint"]
 
 
@@ -31,7 +32,7 @@ def test_a_killed_write_leaves_the_old_checkpoint_intact(tmp_path, monkeypatch):
         ck.save_checkpoint({"step": 2, "w": torch.arange(8)}, path)
     monkeypatch.setattr(torch, "save", real_save)
     assert path.read_bytes() == before
-    assert ck.load_checkpoint(path)["step"] == 1
+    assert load_file(path)["step"] == 1
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last_checkpoint", "latest.pth"]  # no .tmp left
 
 
@@ -40,15 +41,18 @@ def test_rng_states_round_trip_through_a_weights_only_file(tmp_path):
     ck.save_checkpoint({"rng": ck.rng_state()}, tmp_path / "r.pth")
     expected = (random.random(), np.random.rand(), torch.rand(1))
     random.seed(2), np.random.seed(2), torch.manual_seed(2)
-    ck.set_rng_state(ck.load_checkpoint(tmp_path / "r.pth")["rng"])
+    ck.set_rng_state(load_file(tmp_path / "r.pth")["rng"])
     got = (random.random(), np.random.rand(), torch.rand(1))
     assert got[:2] == expected[:2] and torch.equal(got[2], expected[2])
 
 
-def test_unreadable_checkpoints_give_one_line(tmp_path):
+def test_unreadable_or_foreign_checkpoints_give_one_line(tmp_path):
     with pytest.raises(ValueError, match=r"checkpoint .*none\.pth: not found"):
-        ck.load_checkpoint(tmp_path / "none.pth")
+        ck.load_training_checkpoint(tmp_path / "none.pth")
     (tmp_path / "junk.pth").write_bytes(b"garbage")
-    with pytest.raises(ValueError, match=r"checkpoint .*junk\.pth: cannot read \(") as info:
-        ck.load_checkpoint(tmp_path / "junk.pth")
+    with pytest.raises(ValueError, match=r"checkpoint .*junk\.pth: not a readable PyTorch checkpoint") as info:
+        ck.load_training_checkpoint(tmp_path / "junk.pth")
     assert "\n" not in str(info.value)
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, tmp_path / "weights.pth")
+    with pytest.raises(ValueError, match=r"weights\.pth: not a genattn training checkpoint"):
+        ck.load_training_checkpoint(tmp_path / "weights.pth")

@@ -8,7 +8,7 @@ import torch
 import torch.multiprocessing as mp
 
 from tiny_setup import ToyDetector, make_coco, tiny_recipe
-from genattn.engine.checkpoint import load_checkpoint
+from genattn.models.weights import load_file as load_checkpoint
 from genattn.engine.train import train
 
 

@@ -5,8 +5,8 @@ import torch
 
 import genattn.engine.test as engine_test  # (not "from ... import test": pytest would collect it)
 from tiny_setup import tiny_recipe
-from genattn.engine.build import build_model
 from genattn.engine.train import train
+from genattn.models import Classes
 
 
 @pytest.fixture
@@ -23,16 +23,17 @@ def test_checkpoint_alone_rebuilds_and_evaluates_the_model(trained, tiny_coco, t
     assert len(json.loads(open(metrics["results_file"]).read())) == metrics["num_detections"]
 
 
-def test_foreign_checkpoints_go_through_the_zoo(trained, tiny_coco, tmp_path):
+def test_foreign_checkpoints_predict_the_datasets_categories(trained, tiny_coco, tmp_path):
     recipe = tiny_recipe()
-    model = build_model(recipe, category_ids=(3, 7), class_names=("red", "blue"))
+    model = recipe.build(Classes((3, 7), ("red", "blue")))
     torch.save({"state_dict": model.state_dict(), "meta": {}}, tmp_path / "mmdet_style.pth")
-    metrics = engine_test.test(tmp_path / "mmdet_style.pth", recipe=recipe, data_root=tiny_coco, workers=0,
+    metrics = engine_test.test(tmp_path / "mmdet_style.pth", model=recipe, data_root=tiny_coco, workers=0,
                                out_file=tmp_path / "dets.json", progress=False)
     assert metrics["results_file"] == str(tmp_path / "dets.json") and metrics["num_images"] == 6
-    with pytest.raises(ValueError, match="not a genattn checkpoint; name the model it holds"):
+    with pytest.raises(ValueError, match="cannot tell the model .* name it"):
         engine_test.test(tmp_path / "mmdet_style.pth", data_root=tiny_coco, progress=False)
-    with pytest.raises(ValueError, match=r"holds faster_rcnn_r50_fpn_attention_0010_1x_coco, not faster_rcnn_r50"):
-        engine_test.test(trained, model_name="faster_rcnn_r50_fpn_1x_coco", data_root=tiny_coco, progress=False)
+    with pytest.raises(ValueError, match=r"holds faster_rcnn_r50_fpn_attention_0010_1x_coco \(from its config\), "
+                                         r"not faster_rcnn_r50_fpn_1x_coco"):
+        engine_test.test(trained, model="faster_rcnn_r50_fpn_1x_coco", data_root=tiny_coco, progress=False)
     with pytest.raises(ValueError, match=r"^checkpoint .*missing\.pth: not found$"):
         engine_test.test(tmp_path / "missing.pth", data_root=tiny_coco, progress=False)

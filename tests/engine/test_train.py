@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from tiny_setup import ToyDetector, make_coco, tiny_recipe
-from genattn.engine.checkpoint import load_checkpoint
+from genattn.models.weights import load_file as load_checkpoint
 from genattn.engine.train import train
 
 
@@ -62,7 +62,7 @@ def test_interrupted_and_resumed_equals_uninterrupted(tmp_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     assert torch.equal(a["optimizer"]["state"][0]["momentum_buffer"], b["optimizer"]["state"][0]["momentum_buffer"])
     assert [r["loss"] for r in _log(tmp_path / "whole")][3] == [r["loss"] for r in _log(tmp_path / "part")][3]
-    torch.save({"state_dict": {}}, tmp_path / "foreign.pth")
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, tmp_path / "foreign.pth")
     with pytest.raises(ValueError, match=r"foreign\.pth: not a genattn training checkpoint"):
         train(recipe, data_root=root, work_dir=tmp_path / "c", resume=tmp_path / "foreign.pth", progress=False)
 

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from genattn.recipes import TINY_BACKBONE, Recipe
+from genattn.engine.recipes import TINY_BACKBONE, Recipe
 
 # Non-contiguous category ids on purpose: labels are category ids end to end.
 CATEGORIES = [{"id": 3, "name": "red"}, {"id": 7, "name": "blue"}]
@@ -42,15 +42,14 @@ def make_coco(root: Path, split: str, num_images: int, *, seed: int = 0, size: t
     return img_dir, ann_file
 
 
-def tiny_recipe(**changes) -> Recipe:
+def tiny_recipe(model: str = "faster_rcnn_r50_fpn_attention_0010_1x_coco", **changes) -> Recipe:
     """The real model at its smallest: tiny ResNet (frozen BatchNorm statistics: batches of 2 images are too
     small to normalise with), 64-96 px, 128 RoIs per image, a short warmup, no loader workers."""
-    base = Recipe(model="faster_rcnn_r50_fpn_attention_0010_1x_coco", backbone={**TINY_BACKBONE, "norm_eval": True},
-                  min_size=64, max_size=96,
-                  model_kwargs={"fpn_channels": 32, "representation_size": 64, "box_batch_size_per_image": 128},
-                  imgs_per_gpu=2, base_lr=0.02, base_batch_size=2, warmup_iters=2, epochs=2, lr_steps=(),
-                  workers=0, log_interval=1, device="cpu", seed=0)
-    return base.replace(**changes)
+    base = Recipe.from_name(model, min_size=64, max_size=96, imgs_per_gpu=2, base_lr=0.02, base_batch_size=2,
+                            warmup_iters=2, epochs=2, lr_steps=(), workers=0, log_interval=1, device="cpu", seed=0)
+    return base.replace(backbone={**TINY_BACKBONE, "norm_eval": True},
+                        heads={"fpn_channels": 32, "representation_size": 64, "box_batch_size_per_image": 128},
+                        **changes)
 
 
 class ToyDetector(torch.nn.Module):

@@ -23,6 +23,16 @@ def tiny_model():
 
 
 @pytest.fixture
+def tiny_config():
+    """The configuration of ``tiny_model()``."""
+    from genattn.models import ModelConfig
+
+    heads = {k: v for k, v in TINY_DETECTOR.items() if k not in ("min_size", "max_size")}
+    return ModelConfig.from_name("faster_rcnn_r50_fpn_1x_coco").updated(
+        {"backbone": TINY_BACKBONE, "heads": heads, "min_size": 64, "max_size": 64})
+
+
+@pytest.fixture
 def tiny_kwargs():
     """get_model keyword arguments for a tiny CPU model."""
     return {"backbone": dict(TINY_BACKBONE), **TINY_DETECTOR}

@@ -12,9 +12,9 @@ from collections import OrderedDict
 import pytest
 import torch
 
-from genattn.models import MODELS, get_model, load_weights
+from genattn.models import MODELS, get_model, load_model, read_checkpoint
+from genattn.models.classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 from genattn.models.convert import convert_mmdet_checkpoint
-from genattn.models.zoo import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
 
 # Parameters of mmcv's GeneralizedAttention that exist for each enabled term (E1, E2, E3, E4).
 ATTENTION_KEYS = {
@@ -114,7 +114,7 @@ def test_seed_model_layout_loads_strictly(seed_models, name, layout):
     info = MODELS[name]
     model = seed_models(name)
     sd = mmdet_state_dict(info.attention_type, info.dcn, layout)
-    ours = convert_mmdet_checkpoint({"state_dict": sd, "meta": {"CLASSES": ("person",) * 80}}, model)
+    ours = convert_mmdet_checkpoint(sd, model)
     model.load_state_dict(ours, strict=True)
     assert len(ours) == len(model.state_dict())
 
@@ -139,7 +139,7 @@ def test_class_order_same_class_same_category(seed_models, layout):
     k = 17  # 'horse', COCO category id 19
     sd[f"{head}.shared_fcs.1.bias"] = torch.ones(1024)  # zero features -> the FC output is all ones
     sd[f"{head}.fc_cls.weight"][k + (layout == "v1")] = 0.01  # logit 10.24 for MMDetection's class k
-    model.load_state_dict(convert_mmdet_checkpoint({"state_dict": sd}, model), strict=True)
+    model.load_state_dict(convert_mmdet_checkpoint(sd, model), strict=True)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     with torch.no_grad():
@@ -157,7 +157,7 @@ def _tiny_state(tiny_model):
 
 def test_own_checkpoint_round_trip_and_neck_conv_rename(tiny_model):
     model, sd = _tiny_state(tiny_model)
-    assert convert_mmdet_checkpoint({"model": sd}, model).keys() == sd.keys()
+    assert convert_mmdet_checkpoint(sd, model).keys() == sd.keys()
     mm = {k.replace("neck.lateral_convs.0.", "neck.lateral_convs.0.conv."): v for k, v in sd.items()}
     mm = {"module." + k: v for k, v in mm.items() if not k.endswith("num_batches_tracked")}
     out = convert_mmdet_checkpoint(mm, model)
@@ -178,7 +178,7 @@ def test_unmatched_misshaped_and_missing_keys_are_listed(tiny_model):
 
 
 @pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
-def test_released_mmdet2_file_loads_with_weights_only(tiny_model, tmp_path, legacy):
+def test_released_mmdet2_file_loads_with_weights_only(tiny_model, tiny_config, tmp_path, legacy):
     """A file laid out like MMDetection 2.x's released checkpoints loads through ``weights_only=True``.
 
     mmcv's ``save_checkpoint`` writes ``{'meta', 'state_dict', 'optimizer'}``; the state dict is an OrderedDict
@@ -206,8 +206,9 @@ def test_released_mmdet2_file_loads_with_weights_only(tiny_model, tmp_path, lega
         torch.save(ckpt, path, _use_new_zipfile_serialization=not legacy)
         loaded = torch.load(path, map_location="cpu", weights_only=True)
         assert loaded["meta"] == meta and loaded["state_dict"]._metadata == mm._metadata
-        fresh = tiny_model()
-        load_weights(fresh, str(path))  # the public call: convert_mmdet_checkpoint + strict load
+        # The public call: read, convert, strict load. (This config text is a damaged stand-in: it says nothing
+        # about the model, which comes from the caller.)
+        fresh, _ = load_model(tiny_config, str(path))
         for key, value in fresh.state_dict().items():
             assert torch.equal(value, sd[key]), key
 
@@ -216,7 +217,7 @@ def test_bad_files_give_one_line_errors(tiny_model, tmp_path):
     model, sd = _tiny_state(tiny_model)
     good = tmp_path / "good.pth"
     torch.save({"state_dict": sd, "meta": {"epoch": 12}}, good)
-    convert_mmdet_checkpoint(str(good), model)
+    convert_mmdet_checkpoint(read_checkpoint(good).state_dict, model)
     truncated = tmp_path / "truncated.pth"
     truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
     text = tmp_path / "notes.pth"
@@ -227,6 +228,6 @@ def test_bad_files_give_one_line_errors(tiny_model, tmp_path):
     torch.save({"epoch": 3}, not_sd)
     for path in (truncated, text, unsafe, not_sd, tmp_path / "missing.pth"):
         with pytest.raises(ValueError) as err:
-            convert_mmdet_checkpoint(str(path), model)
+            read_checkpoint(path)
         msg = str(err.value)
         assert path.name in msg and "\n" not in msg, msg

@@ -5,7 +5,6 @@ import urllib.error
 import pytest
 import torch
 import torchvision
-from torchvision.models import WeightsEnum
 
 from genattn.models.imagenet import imagenet_weights, load_imagenet_weights
 from genattn.models.resnet import ResNet, resnet50, resnet101
@@ -56,7 +55,7 @@ def test_plain_backbone_loads_completely_from_wrapped_checkpoint(r50_state, tmp_
 
 
 def test_bad_files_raise_clear_errors(tmp_path, r50_file):
-    with pytest.raises(FileNotFoundError, match="nope.pth"):
+    with pytest.raises(ValueError, match="nope.pth: not found"):
         load_imagenet_weights(resnet50(), tmp_path / "nope.pth")
     text = tmp_path / "notes.txt"
     text.write_text("not a checkpoint")
@@ -65,6 +64,10 @@ def test_bad_files_raise_clear_errors(tmp_path, r50_file):
     tiny = ResNet((1, 1, 1, 1), base_width=16, stem_width=16)
     with pytest.raises(ValueError, match="shapes"):
         load_imagenet_weights(tiny, r50_file)
+    detector = tmp_path / "detector.pth"
+    torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(64, 3, 7, 7)}}, detector)
+    with pytest.raises(ValueError, match="detector.pth: not a torchvision ResNet state dict"):
+        load_imagenet_weights(resnet50(), detector)
 
 
 class _Evil:
@@ -79,35 +82,44 @@ def test_file_that_would_run_code_is_refused(tmp_path):
         load_imagenet_weights(resnet50(), path)
 
 
-def test_download_goes_through_torchvision_weights(monkeypatch, r50_state):
+@pytest.fixture
+def hub(tmp_path, monkeypatch):
+    """The torch hub cache in tmp_path, and a network that is down (every download fails)."""
     calls = []
 
-    def fake_get_state_dict(self, *args, **kwargs):
-        calls.append((self.url, kwargs))
-        return r50_state
-
-    monkeypatch.setattr(WeightsEnum, "get_state_dict", fake_get_state_dict)
-    assert load_imagenet_weights(resnet50(), progress=False) == ([], [])
-    url, kwargs = calls[0]
-    assert url == torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url
-    assert kwargs["weights_only"] is True and kwargs["progress"] is False
-    # the depth of the backbone picks the file (the fake R-50 dict then leaves layer3.6.. missing)
-    missing, _ = load_imagenet_weights(resnet101(), progress=False)
-    assert calls[1][0] == torchvision.models.ResNet101_Weights.IMAGENET1K_V1.url
-    assert "layer3.22.conv1.weight" in missing
-
-
-def test_offline_without_file_says_what_to_do(monkeypatch):
-    def offline(self, *args, **kwargs):
+    def offline(url, dst, hash_prefix=None, progress=True):
+        calls.append(url)
         raise urllib.error.URLError("[Errno -3] Temporary failure in name resolution")
 
-    monkeypatch.setattr(WeightsEnum, "get_state_dict", offline)
+    monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path))
+    monkeypatch.setattr(torch.hub, "download_url_to_file", offline)
+    (tmp_path / "checkpoints").mkdir()
+    return tmp_path / "checkpoints", calls
+
+
+def test_torchvision_weights_come_from_the_hub_cache(hub, r50_state):
+    """torchvision's file of the backbone's depth, where torchvision itself caches it: no download needed."""
+    folder, calls = hub
+    torch.save(r50_state, folder / "resnet50-0676ba61.pth")
+    assert torchvision.models.ResNet50_Weights.IMAGENET1K_V1.url.endswith("/resnet50-0676ba61.pth")
+    assert load_imagenet_weights(resnet50(), progress=False) == ([], [])
+    assert load_imagenet_weights(resnet50(), "torchvision", progress=False) == ([], [])
+    assert calls == []
+    # the depth of the backbone picks the file (the fake R-50 dict then leaves layer3.6.. missing)
+    name = torchvision.models.ResNet101_Weights.IMAGENET1K_V1.url.rsplit("/", 1)[1]
+    torch.save(r50_state, folder / name)
+    missing, _ = load_imagenet_weights(resnet101(), progress=False)
+    assert "layer3.22.conv1.weight" in missing and calls == []
+
+
+def test_offline_without_file_says_what_to_do(hub):
+    _, calls = hub
     with pytest.raises(RuntimeError) as info:
         load_imagenet_weights(resnet50())
     message = str(info.value)
-    assert imagenet_weights("resnet50").url in message
+    assert calls == [imagenet_weights("resnet50").url]
     assert "https://download.pytorch.org/models/resnet50-0676ba61.pth" in message
-    assert "source=" in message
+    assert "pretrained_backbone=PATH" in message and "\n" not in message
 
 
 def test_unknown_arch_raises():

@@ -8,7 +8,9 @@ import pytest
 import torch
 
 from genattn.models import MODELS, get_model, list_models
-from genattn.models.zoo import COCO_CATEGORY_IDS, COCO_CLASS_NAMES, download_checkpoint
+from genattn.models.classes import COCO_CATEGORY_IDS, COCO_CLASS_NAMES
+from genattn.models.weights import download
+from genattn.models.zoo import study_models
 
 
 def test_names_and_records():
@@ -25,6 +27,10 @@ def test_names_and_records():
     with pytest.raises(dataclasses.FrozenInstanceError):
         m.box_ap = 0.0
     assert len(COCO_CATEGORY_IDS) == len(COCO_CLASS_NAMES) == 80 and COCO_CATEGORY_IDS[-1] == 90
+    assert study_models() == ("faster_rcnn_r50_fpn_1x_coco", "faster_rcnn_r50_fpn_attention_0010_1x_coco",
+                              "faster_rcnn_r50_fpn_attention_1111_1x_coco")
+    assert study_models(dcn=True) == ("faster_rcnn_r50_fpn_attention_0010_dcn_1x_coco",
+                                      "faster_rcnn_r50_fpn_attention_1111_dcn_1x_coco")
 
 
 @pytest.mark.parametrize("name, close", [
@@ -112,7 +118,7 @@ def test_wrong_hash_is_an_error_and_leaves_no_file(fake_hub, tiny_kwargs):
 def test_download_without_hash_in_name(fake_hub):
     served, _, hub = fake_hub
     served["https://example.org/plain.pth"] = b"x"
-    assert download_checkpoint("https://example.org/plain.pth") == str(hub / "checkpoints" / "plain.pth")
+    assert download("https://example.org/plain.pth") == hub / "checkpoints" / "plain.pth"
 
 
 def test_local_weights_path(tmp_path, tiny_kwargs):
@@ -151,5 +157,5 @@ def test_pretrained_backbone_from_url(fake_hub, tiny_kwargs):
 def test_failed_download_is_one_line(fake_hub):
     served, _, hub = fake_hub
     with pytest.raises(RuntimeError, match=r"checkpoint missing-0123abcd\.pth: download from .* failed") as err:
-        download_checkpoint("https://example.org/missing-0123abcd.pth")  # not served: KeyError in the fake
+        download("https://example.org/missing-0123abcd.pth")  # not served: KeyError in the fake
     assert "\n" not in str(err.value) and list((hub / "checkpoints").iterdir()) == []

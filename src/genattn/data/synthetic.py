@@ -28,7 +28,8 @@ from typing import NamedTuple
 import numpy as np
 from PIL import Image, ImageDraw
 
-__all__ = ["CLASS_NAMES", "ShapesPaths", "ensure_shapes_dataset", "default_cache_dir", "generate_image"]
+__all__ = ["CLASS_NAMES", "ShapesPaths", "ensure_shapes_dataset", "default_cache_dir", "generate_image",
+           "data_root"]
 
 CLASS_NAMES = ("circle", "square", "triangle", "star", "cross", "ring")
 VERSION = "shapes-v1"
@@ -52,6 +53,19 @@ def default_cache_dir() -> Path:
     """The cache root: ``$GENATTN_CACHE`` if set, otherwise ``~/.cache/genattn``."""
     env = os.environ.get("GENATTN_CACHE")
     return Path(env).expanduser() if env else Path.home() / ".cache" / "genattn"
+
+
+def data_root(root: str | os.PathLike) -> Path:
+    """A COCO-layout data root; ``'shapes'`` names the built-in dataset (generated on first use).
+
+    Raises:
+        FileNotFoundError: the directory does not exist.
+    """
+    if str(root) == "shapes":
+        return ensure_shapes_dataset().root
+    if not Path(root).is_dir():
+        raise FileNotFoundError(f"data root not found: {root}")
+    return Path(root)
 
 
 def _paths(root: Path) -> ShapesPaths:

@@ -1,17 +1,16 @@
-"""What train and test both build from a recipe: data paths, datasets, the model."""
+"""What train and test both need: data paths, the dataset/model category check, seeding."""
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
 import torch
 
 from genattn.data import CocoDetection
-from genattn.recipes import Recipe
+from genattn.models.classes import Classes
 
-__all__ = ["coco_paths", "build_model", "check_categories", "seed_everything"]
+__all__ = ["coco_paths", "dataset_classes", "check_categories", "seed_everything"]
 
 
 def coco_paths(data_root: str | os.PathLike | None, split: str, *, ann_file: str | os.PathLike | None = None,
@@ -33,14 +32,9 @@ def coco_paths(data_root: str | os.PathLike | None, split: str, *, ann_file: str
     return img, ann
 
 
-def build_model(recipe: Recipe, *, category_ids: Sequence[int], class_names: Sequence[str]) -> torch.nn.Module:
-    """The recipe's detector for a dataset's categories (``genattn.models.get_model``)."""
-    from genattn.models import get_model  # imported here: the engine must stay importable without the zoo
-
-    return get_model(recipe.model, num_classes=len(category_ids), category_ids=tuple(category_ids),
-                     class_names=tuple(class_names), min_size=recipe.min_size, max_size=recipe.max_size,
-                     backbone=dict(recipe.backbone) or None, pretrained_backbone=recipe.pretrained_backbone,
-                     **recipe.model_kwargs)
+def dataset_classes(dataset: CocoDetection) -> Classes:
+    """The categories of a dataset, as a model's classes."""
+    return Classes(tuple(dataset.category_ids), tuple(dataset.class_names))
 
 
 def check_categories(model: torch.nn.Module, dataset: CocoDetection) -> None:

@@ -1,12 +1,15 @@
-"""Training checkpoints: atomic writes, RNG state capture, finding the latest one.
+"""Training checkpoints: writing them, RNG state capture, finding the latest one, reading one to resume.
 
-A checkpoint is a dict saved with ``torch.save`` and read back with ``weights_only=True`` (so it holds only
-tensors and plain Python values)::
+A training checkpoint is a genattn checkpoint (:func:`genattn.models.weights.genattn_record`: format, weights,
+model config, classes) plus the training state, saved with ``torch.save`` and read back with
+``weights_only=True`` through :func:`genattn.models.weights.read_checkpoint` (so it holds only tensors and plain
+Python values)::
 
-    {'format': 'genattn-checkpoint-v1', 'model': state_dict, 'optimizer': ..., 'scheduler': ..., 'scaler': ...,
-     'epoch': completed epochs, 'iter': completed iterations, 'iter_in_epoch': iterations done in the current
-     epoch (0 at an epoch boundary), 'recipe': Recipe.to_dict(), 'meta': {'category_ids', 'class_names',
-     'world_size', ...}, 'rng': [per-rank RNG states], 'metrics': last evaluation or None}
+    {'format': 'genattn-checkpoint-v2', 'model': state_dict, 'config': ModelConfig, 'classes': {...},
+     'optimizer': ..., 'scheduler': ..., 'scaler': ..., 'epoch': completed epochs, 'iter': completed
+     iterations, 'iter_in_epoch': iterations done in the current epoch (0 at an epoch boundary),
+     'recipe': Recipe.to_dict(), 'meta': {'world_size', 'iters_per_epoch', 'total_batch'},
+     'rng': [per-rank RNG states], 'metrics': last evaluation or None}
 
 Files are written to ``NAME.tmp`` and renamed over ``NAME`` only when complete, so an interrupted write never
 leaves a half checkpoint; ``last_checkpoint`` (a one-line text file, written the same way) names the newest.
@@ -22,10 +25,11 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["FORMAT", "atomic_torch_save", "save_checkpoint", "load_checkpoint", "find_latest", "rng_state",
-           "set_rng_state", "atomic_write_text"]
+from genattn.models.weights import atomic_save, atomic_write_text, read_checkpoint
 
-FORMAT = "genattn-checkpoint-v1"
+__all__ = ["save_checkpoint", "load_training_checkpoint", "find_latest", "rng_state", "set_rng_state"]
+
+_TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "iter", "iter_in_epoch", "recipe", "rng")
 _LAST = "last_checkpoint"
 
 
@@ -51,59 +55,28 @@ def set_rng_state(state: dict[str, Any]) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def _atomic(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write a text file so that readers see either the old or the new content, never a part."""
-    _atomic(Path(path), lambda f: f.write(text.encode("utf-8")))
-
-
-def atomic_torch_save(obj: Any, path: str | os.PathLike) -> Path:
-    """``torch.save`` so that ``path`` holds either its old content or all of ``obj``, never a part."""
-    path = Path(path)
-    _atomic(path, lambda f: torch.save(obj, f))
-    return path
-
-
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:
     """Write ``state`` to ``path`` atomically and record it as the latest in its folder.
 
     Returns:
         The path written.
     """
-    path = atomic_torch_save(state, path)
+    path = atomic_save(state, path)
     atomic_write_text(path.parent / _LAST, path.name + "\n")
     return path
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: str | torch.device = "cpu") -> dict[str, Any]:
-    """Read a checkpoint with ``weights_only=True``.
+def load_training_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a training checkpoint to resume from (``weights_only=True``).
 
     Raises:
-        ValueError: missing or unreadable file (one line naming it and the reason).
+        ValueError: a missing or unreadable file, or not a genattn training checkpoint (one line naming it).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"checkpoint {path}: not found")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as err:  # truncated zip, foreign pickle, ...: one line, not a traceback
-        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
-        raise ValueError(f"checkpoint {path}: cannot read ({reason[:200]})") from None
-    if not isinstance(ckpt, dict):
-        raise ValueError(f"checkpoint {path}: not a checkpoint dict")
-    return ckpt
+    ckpt = read_checkpoint(path)
+    missing = [k for k in _TRAINING_KEYS if k not in ckpt.content]
+    if ckpt.kind != "genattn" or missing:
+        raise ValueError(f"checkpoint {path}: not a genattn training checkpoint (use it as weights instead)")
+    return ckpt.content
 
 
 def find_latest(work_dir: str | os.PathLike) -> Path | None:

@@ -22,16 +22,13 @@ one under ``'state_dict'`` / ``'model'``) pass through unchanged.
 
 from __future__ import annotations
 
-import os
-import pickle
 import re
-import zipfile
-from typing import Any, Mapping
+from typing import Mapping
 
 import torch
 from torch import Tensor, nn
 
-__all__ = ["convert_mmdet_checkpoint", "load_checkpoint_file"]
+__all__ = ["convert_mmdet_checkpoint"]
 
 _RENAMES = (
     (re.compile(r"^module\."), ""),
@@ -41,54 +38,21 @@ _RENAMES = (
 )
 
 
-def _one_line(err: BaseException) -> str:
-    text = str(err).strip().splitlines()
-    line = text[0] if text else type(err).__name__
-    return line if len(line) <= 200 else line[:197] + "..."
-
-
-def load_checkpoint_file(path: str | os.PathLike) -> Any:
-    """``torch.load`` a checkpoint safely (``weights_only=True``, onto the CPU) with one-line errors.
-
-    Raises:
-        ValueError: The file is missing, truncated, corrupt, or holds objects other than tensors and containers.
-    """
-    name = os.fspath(path)
-    if not os.path.isfile(name):
-        raise ValueError(f"checkpoint {name}: no such file")
-    try:
-        return torch.load(name, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"checkpoint {name}: not a plain-tensor checkpoint or corrupt "
-                         f"(weights_only=True refused it): {_one_line(e)}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, AttributeError) as e:
-        raise ValueError(f"checkpoint {name}: not a readable PyTorch checkpoint (truncated or corrupt?): "
-                         f"{_one_line(e)}") from None
-
-
-def _state_dict_of(obj: Any, where: str) -> dict[str, Tensor]:
-    if isinstance(obj, Mapping):
-        for key in ("state_dict", "model"):
-            inner = obj.get(key)
-            if isinstance(inner, Mapping) and inner and all(isinstance(v, Tensor) for v in inner.values()):
-                return dict(inner)
-        if obj and all(isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()):
-            return dict(obj)
-    raise ValueError(f"checkpoint {where}: not a checkpoint (expected a state dict of tensors, or one under "
-                     f"'state_dict' or 'model')")
-
-
 def _list(keys: list[str], limit: int = 30) -> str:
     shown = ", ".join(keys[:limit])
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def convert_mmdet_checkpoint(src: str | os.PathLike | Mapping[str, Any], model: nn.Module) -> dict[str, Tensor]:
-    """Map an MMDetection v1/v2 checkpoint (or one of ours) onto ``model``'s state dict, every key accounted for.
+def convert_mmdet_checkpoint(state: Mapping[str, Tensor], model: nn.Module, *, where: str = "<dict>"
+                             ) -> dict[str, Tensor]:
+    """Map an MMDetection v1/v2 state dict (or one of ours) onto ``model``'s, every key accounted for.
+
+    Files are read by :func:`genattn.models.weights.read_checkpoint`, which hands the state dict here.
 
     Args:
-        src: A checkpoint path, a loaded checkpoint ``{'state_dict': ..., 'meta': ...}``, or a bare state dict.
+        state: The file's state dict (MMDetection's layout or ours).
         model: The model the weights are for (its keys and shapes are the reference).
+        where: The file's name, for messages.
 
     Returns:
         A state dict that ``model.load_state_dict(..., strict=True)`` accepts. ``num_batches_tracked`` buffers
@@ -99,12 +63,6 @@ def convert_mmdet_checkpoint(src: str | os.PathLike | Mapping[str, Any], model: 
         ValueError: One line naming the file and the problem; for a layout mismatch, the unmatched file keys,
             the model keys left without a value and the keys whose shapes differ.
     """
-    if isinstance(src, (str, os.PathLike)):
-        where = os.fspath(src)
-        obj = load_checkpoint_file(where)
-    else:
-        where, obj = "<dict>", src
-    state = _state_dict_of(obj, where)
     ours = model.state_dict()
     v1 = any(k.startswith("bbox_head.") or k.startswith("module.bbox_head.") for k in state)
 

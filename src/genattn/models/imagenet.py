@@ -10,9 +10,7 @@ the plain convolution.
 from __future__ import annotations
 
 import os
-from typing import Any
 
-import torch
 import torchvision
 from torch import nn
 
@@ -31,38 +29,6 @@ def imagenet_weights(arch: str = "resnet50") -> torchvision.models.WeightsEnum:
     raise ValueError(f"arch={arch!r} must be 'resnet50' or 'resnet101'")
 
 
-def _download(arch: str, progress: bool) -> dict[str, Any]:
-    weights = imagenet_weights(arch)
-    try:
-        # torchvision's weights API goes through the torch hub cache, so a file downloaded once works offline.
-        # weights_only: a file from the internet must never run code; check_hash: the name holds a sha256 prefix.
-        return weights.get_state_dict(progress=progress, check_hash=True, weights_only=True)
-    except Exception as exc:  # no network, proxy errors, a truncated download...: all end the same way
-        cache = os.path.join(torch.hub.get_dir(), "checkpoints")
-        raise RuntimeError(
-            f"could not download torchvision's ImageNet {arch} weights ({type(exc).__name__}: {exc}); "
-            f"download {weights.url} on a machine with internet access and pass its path as "
-            f"source=PATH (or place it in {cache})"
-        ) from exc
-
-
-def _read_file(path: str | os.PathLike) -> dict[str, Any]:
-    path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ImageNet weights file {path!r} does not exist")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise ValueError(f"ImageNet weights file {path!r} is not a readable PyTorch checkpoint: {exc}") from exc
-    # Accept a bare state dict (torchvision's files) and the usual wrappers around one.
-    for key in ("state_dict", "model"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise ValueError(f"ImageNet weights file {path!r} does not hold a state dict of tensors")
-    return obj
-
-
 def load_imagenet_weights(
     backbone: nn.Module,
     source: str | os.PathLike | None = None,
@@ -72,10 +38,13 @@ def load_imagenet_weights(
 ) -> tuple[list[str], list[str]]:
     """Load torchvision's ImageNet ResNet weights into ``backbone`` (non-strictly, without ``fc``).
 
+    The file is read by :func:`genattn.models.weights.read_checkpoint` (``weights_only=True``; a URL is downloaded
+    once into the torch hub cache, where torchvision keeps its own downloads too, and its hash checked).
+
     Args:
         backbone: A ``genattn.models.resnet.ResNet`` (or any module with torchvision's ResNet names).
-        source: Path of a torchvision ResNet state-dict file (e.g. ``resnet50-0676ba61.pth``), or None to
-            download torchvision's V1 weights through ``torchvision.models`` (cached in the torch hub directory).
+        source: Path or URL of a torchvision ResNet state-dict file (e.g. ``resnet50-0676ba61.pth``), or None /
+            ``'torchvision'`` for torchvision's V1 weights of the backbone's depth.
         arch: 'resnet50' or 'resnet101' for the download; None infers it from ``backbone.layers``
             (ResNet-50 for any other depth).
         progress: Show a download progress bar.
@@ -86,18 +55,27 @@ def load_imagenet_weights(
         weight entries the backbone has no place for (``fc.*`` is dropped beforehand and never listed).
 
     Raises:
-        RuntimeError: ``source`` is None and the weights can be neither downloaded nor found in the cache.
-        FileNotFoundError: ``source`` does not exist.
-        ValueError: ``source`` is not a state-dict file, or its shapes do not fit the backbone (e.g. a
-            backbone with reduced widths).
+        RuntimeError: the weights can be neither downloaded nor found in the cache.
+        ValueError: ``source`` is missing or not a ResNet state-dict file, or its shapes do not fit the backbone
+            (e.g. a backbone with reduced widths).
     """
-    if source is None:
+    from genattn.models.weights import read_checkpoint  # (weights imports this module for pretrained_backbone)
+
+    if source is None or source == "torchvision":
         if arch is None:
             arch = _ARCHS.get(tuple(getattr(backbone, "layers", ())), "resnet50")
-        state = _download(arch, progress)
+        url = imagenet_weights(arch).url
+        try:
+            ckpt = read_checkpoint(url, progress=progress)
+        except RuntimeError as err:  # no network, a proxy, a truncated download...
+            raise RuntimeError(f"{err}; download {url} on a machine with internet access and pass its path "
+                               f"(pretrained_backbone=PATH), or place it in the torch hub cache") from None
     else:
-        state = _read_file(source)
-    state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        ckpt = read_checkpoint(source, progress=progress)
+    if ckpt.kind != "imagenet":
+        raise ValueError(f"ImageNet weights {ckpt.source}: not a torchvision ResNet state dict (a {ckpt.kind} "
+                         f"checkpoint)")
+    state = {k: v for k, v in ckpt.state_dict.items() if not k.startswith("fc.")}
 
     own = backbone.state_dict()
     mismatched = [f"{k}: file {tuple(v.shape)} vs backbone {tuple(own[k].shape)}"

@@ -18,19 +18,14 @@ so torchvision's ImageNet state dicts load as they are (minus ``fc``); the atten
 
 from __future__ import annotations
 
-import inspect
-from functools import partial
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from genattn.models.bottleneck import ATTENTION_POSITIONS, Bottleneck, DeformConvPack
 
-__all__ = ["ResNet", "resnet50", "resnet101", "Bottleneck", "DeformConvPack", "SEED_ATTENTION_CFG"]
-
-# What the seed's models use (MMDetection's empirical_attention configs); the attention_type varies per model.
-SEED_ATTENTION_CFG: dict[str, Any] = {"spatial_range": -1, "num_heads": 8, "attention_type": "1111", "kv_stride": 2}
+__all__ = ["ResNet", "resnet50", "resnet101", "Bottleneck", "DeformConvPack"]
 
 
 def _stage_flags(name: str, value: Sequence[bool]) -> tuple[bool, bool, bool, bool]:
@@ -42,18 +37,17 @@ def _stage_flags(name: str, value: Sequence[bool]) -> tuple[bool, bool, bool, bo
     return tuple(bool(v) for v in value)  # type: ignore[return-value]
 
 
-def _attention_factory(attention_cfg: dict[str, Any]) -> Callable[[int], nn.Module]:
-    """Return ``channels -> GeneralizedAttention(channels, **attention_cfg)`` after checking the keys."""
+def _attention_config(attention_cfg: Any):
+    """``attention_cfg`` as an AttentionConfig (a mapping is checked key by key); None stays None."""
     # Imported here so that a model without attention builds even where the attention package is broken.
-    from genattn.attention import GeneralizedAttention
+    from genattn.attention import AttentionConfig
 
-    accepted = set(inspect.signature(GeneralizedAttention).parameters) - {"in_channels", "self"}
-    unknown = sorted(set(attention_cfg) - accepted)
-    if unknown:
-        raise ValueError(
-            f"attention_cfg has unknown keys {unknown} (in_channels is set per block; accepted: {sorted(accepted)})"
-        )
-    return partial(GeneralizedAttention, **attention_cfg)
+    if attention_cfg is None or isinstance(attention_cfg, AttentionConfig):
+        return attention_cfg
+    if isinstance(attention_cfg, Mapping):
+        return AttentionConfig.from_dict(attention_cfg)
+    raise ValueError(f"attention_cfg must be an AttentionConfig or a mapping of GeneralizedAttention arguments, "
+                     f"got {attention_cfg!r}")
 
 
 class ResNet(nn.Module):
@@ -69,8 +63,9 @@ class ResNet(nn.Module):
             ``int(planes * width_per_group / 64) * groups`` (torchvision's rule; 64 and groups=1 give ``planes``).
         attention_stages: Per stage, whether every block of that stage gets a ``GeneralizedAttention``.
         attention_position: Where in the block: 'after_conv1', 'after_conv2' or 'after_conv3'.
-        attention_cfg: ``GeneralizedAttention`` keyword arguments other than ``in_channels`` (which is the width
-            of the tensor at ``attention_position``). None means the seed's ``SEED_ATTENTION_CFG``.
+        attention_cfg: The ``GeneralizedAttention`` settings other than ``in_channels`` (which is the width of
+            the tensor at ``attention_position``): an :class:`~genattn.attention.AttentionConfig` or a mapping of
+            its fields. None means the seed's (:data:`~genattn.attention.SEED_ATTENTION`).
         dcn_stages: Per stage, whether conv2 of every block (the stride-2 first one too) is deformable.
         dcn_modulated: Modulated deformable conv (DCN v2) instead of DCN v1.
         frozen_stages: -1 freezes nothing, 0 the stem, k the stem and layer1..layerk: their parameters get
@@ -95,7 +90,7 @@ class ResNet(nn.Module):
         width_per_group: int = 64,
         attention_stages: Sequence[bool] = (False, False, False, False),
         attention_position: str = "after_conv2",
-        attention_cfg: dict[str, Any] | None = None,
+        attention_cfg: Any = None,
         dcn_stages: Sequence[bool] = (False, False, False, False),
         dcn_modulated: bool = False,
         frozen_stages: int = -1,
@@ -126,14 +121,14 @@ class ResNet(nn.Module):
         self.norm_eval = bool(norm_eval)
         self.with_cp = bool(with_cp)
 
-        if attention_cfg is not None and not isinstance(attention_cfg, dict):
-            raise ValueError(f"attention_cfg must be a dict of GeneralizedAttention arguments, got {attention_cfg!r}")
+        self.attention_cfg = _attention_config(attention_cfg)
         make_attention = None
         if any(attention_stages):
-            self.attention_cfg = dict(SEED_ATTENTION_CFG if attention_cfg is None else attention_cfg)
-            make_attention = _attention_factory(self.attention_cfg)
-        else:
-            self.attention_cfg = None if attention_cfg is None else dict(attention_cfg)
+            if self.attention_cfg is None:
+                from genattn.attention import SEED_ATTENTION
+
+                self.attention_cfg = SEED_ATTENTION
+            make_attention = self.attention_cfg.build
 
         self.conv1 = nn.Conv2d(3, stem_width, 7, stride=2, padding=3, bias=False)
         self.bn1 = norm_layer(stem_width)
@@ -163,10 +158,9 @@ class ResNet(nn.Module):
         self._freeze_stages()
 
     def _check_attention_width(self, channels: int) -> None:
-        cfg = self.attention_cfg or {}
-        heads = cfg.get("num_heads", 9)  # GeneralizedAttention's own default
-        if not isinstance(heads, int) or heads < 1 or channels % heads:
-            raise ValueError(f"attention_cfg['num_heads']={heads!r} must divide the attention input width "
+        heads = self.attention_cfg.num_heads
+        if channels % heads:
+            raise ValueError(f"attention_cfg.num_heads={heads} must divide the attention input width "
                              f"{channels} ({self.attention_position}) of every attention stage")
 
     def _make_stage(self, inplanes: int, planes: int, blocks: int, *, stride: int, width: int, groups: int,

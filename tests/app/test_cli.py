@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genattn.cli import main
+from genattn.app.cli import main
 from genattn.data.synthetic import ensure_shapes_dataset
 
 ATT = "faster_rcnn_r50_fpn_attention_1111_1x_coco"
@@ -18,7 +18,7 @@ BASE = "faster_rcnn_r50_fpn_1x_coco"
 # A model that builds and runs in well under a second: 8-wide ResNet, 16-wide FPN, 64 px images.
 TINY = ["--backbone", '{"layers": [1, 1, 1, 1], "base_width": 8, "stem_width": 8, "frozen_stages": -1, '
         '"norm_eval": false}', "--image-size", "64",
-        "--set", "model_kwargs.fpn_channels=16", "model_kwargs.representation_size=32"]
+        "--set", "heads.fpn_channels=16", "heads.representation_size=32"]
 TRAIN = ["--tiny", "--max-iters", "2", "--batch-size", "2", *TINY, "log_interval=1", "warmup_iters=1"]
 
 
@@ -67,10 +67,13 @@ def test_every_subcommand_has_help(command, capsys):
     (["bench", BASE, "--backbone", "[1, 2]"], "JSON object"),
     (["bench", BASE, "--images", "0"], ">= 1"),
     (["detect", BASE, "missing.png", *TINY], "image not found"),
-    (["detect", BASE, "x.png", "--checkpoint", "missing.pth", *TINY], "checkpoint not found"),
+    (["detect", BASE, "x.png", "--checkpoint", "missing.pth", *TINY], "checkpoint missing.pth: not found"),
     (["train", BASE, "--data", "/no/such/dir"], "data root not found"),
-    (["convert", "missing.pth", "out.pth", "--model", BASE], "checkpoint not found"),
-    (["convert", "weights.pth", "out.pth"], "cannot tell the model"),
+    (["convert", "missing.pth", "out.pth", "--model", BASE], "checkpoint missing.pth: not found"),
+    (["bench", BASE, "--set", "heads.fpn_channel=8"], "unknown key 'fpn_channel'; valid keys: fpn_channels"),
+    (["bench", BASE, "--set", "base_lr=0.1"], "unknown key 'base_lr'; valid keys: backbone, heads, min_size"),
+    (["bench", ATT, "--impl", "key_only"], "impl='key_only' needs attention_type '0010'"),
+    (["bench", BASE, "--impl", "fast"], "invalid choice: 'fast'"),
 ])
 def test_usage_and_input_errors_exit_2_with_one_line(argv, message, capsys):
     line = _one_error_line(capsys, main(argv))
@@ -125,17 +128,21 @@ def test_bench_json_names_the_device(tmp_path, capsys):
 
 @pytest.mark.slow
 def test_convert_round_trip(shapes, tmp_path, capsys):
-    from genattn.inference import ModelSpec
+    from genattn.models import ModelConfig
 
-    spec = ModelSpec.create(ATT, backbone=json.loads(TINY[1]), overrides=TINY[5:])
-    model = spec.build()
-    torch.save({"state_dict": model.state_dict(), "meta": {}}, tmp_path / "mmdet.pth")
+    config = ModelConfig.from_name(ATT).updated({"backbone": json.loads(TINY[1]), "min_size": 64, "max_size": 64,
+                                                 "heads": {"fpn_channels": 16, "representation_size": 32}})
+    torch.save({"state_dict": config.build().state_dict(), "meta": {}}, tmp_path / "mmdet.pth")
     assert main(["convert", str(tmp_path / "mmdet.pth"), str(tmp_path / "ours.pth"), "--model", ATT,
-                 "--backbone", TINY[1], "--set", *TINY[5:]]) == 0
+                 "--backbone", TINY[1], "--set", *TINY[5:], "min_size=64", "max_size=64"]) == 0
     state = torch.load(tmp_path / "ours.pth", weights_only=True)
-    assert state["recipe"]["model"] == ATT and len(state["meta"]["class_names"]) == 80
+    assert state["config"]["model"] == ATT and len(state["classes"]["class_names"]) == 80
+    assert ModelConfig.from_dict(state["config"]) == config
     image = str(shapes.val_images / "000000000001.jpg")
     assert main(["detect", ATT, image, "--checkpoint", str(tmp_path / "ours.pth"), "--out", str(tmp_path)]) == 0
+    # The converted file says which model it holds: another name is refused in one line, naming both.
+    line = _one_error_line(capsys, main(["detect", BASE, image, "--checkpoint", str(tmp_path / "ours.pth")]))
+    assert f"holds {ATT} (from its config), not {BASE}" in line
 
 
 @pytest.mark.slow

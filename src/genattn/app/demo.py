@@ -18,13 +18,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-from genattn.recipes import TINY_BACKBONE, Recipe
+from genattn.engine.recipes import TINY_BACKBONE, Recipe
+from genattn.models.zoo import study_models
 
 __all__ = ["DEMO_MODELS", "DEMO_DCN_MODELS", "demo_recipe", "run_demo"]
 
-DEMO_MODELS = ("faster_rcnn_r50_fpn_1x_coco", "faster_rcnn_r50_fpn_attention_0010_1x_coco",
-               "faster_rcnn_r50_fpn_attention_1111_1x_coco")
-DEMO_DCN_MODELS = ("faster_rcnn_r50_fpn_attention_0010_dcn_1x_coco", "faster_rcnn_r50_fpn_attention_1111_dcn_1x_coco")
+DEMO_MODELS = study_models()  # baseline, '0010', '1111'
+DEMO_DCN_MODELS = study_models(dcn=True)  # '0010' + DCN, '1111' + DCN
 
 #: Training time of all the default demo's models together; the iterations per model are sized to it by
 #: timing a few training steps of the slowest model ('1111') first.
@@ -35,29 +35,29 @@ DEMO_ITERS = 500  # the recipe's default when no calibration is done
 #: A ResNet small enough to train from scratch on a CPU in minutes (one bottleneck per stage, width 16).
 DEMO_BACKBONE = TINY_BACKBONE
 #: Slimmer heads (the defaults are sized for 80 COCO classes and 800 px images) and fewer proposals.
-DEMO_MODEL_KWARGS = {"fpn_channels": 64, "representation_size": 256, "box_batch_size_per_image": 128,
+DEMO_HEADS = {"fpn_channels": 64, "representation_size": 256, "box_batch_size_per_image": 128,
                      "rpn_pre_nms_top_n_train": 1000, "rpn_post_nms_top_n_train": 500,
                      "rpn_pre_nms_top_n_test": 500, "rpn_post_nms_top_n_test": 300}
 
 
 #: The smoke run's (``--quick``) even smaller model.
 QUICK_BACKBONE = {**DEMO_BACKBONE, "base_width": 8, "stem_width": 8}
-QUICK_MODEL_KWARGS = {**DEMO_MODEL_KWARGS, "fpn_channels": 16, "representation_size": 32}
+QUICK_HEADS = {**DEMO_HEADS, "fpn_channels": 16, "representation_size": 32}
 
 
 def demo_recipe(model: str, *, iters: int = DEMO_ITERS, image_size: int = 128, num_train: int = 480,
                 batch_size: int = 8, quick: bool = False) -> Recipe:
     """The demo's recipe for one model: from scratch, small images, ``iters`` iterations, steps at 75%/92%."""
     epochs = max(1, math.ceil(iters * batch_size / num_train))
-    backbone, model_kwargs = (QUICK_BACKBONE, QUICK_MODEL_KWARGS) if quick else (DEMO_BACKBONE, DEMO_MODEL_KWARGS)
-    return Recipe(model=model, backbone=backbone, model_kwargs=model_kwargs, min_size=image_size,
-                  max_size=image_size, imgs_per_gpu=batch_size, base_lr=0.04, base_batch_size=batch_size,
+    backbone, heads = (QUICK_BACKBONE, QUICK_HEADS) if quick else (DEMO_BACKBONE, DEMO_HEADS)
+    recipe = Recipe.from_name(model, min_size=image_size, max_size=image_size, imgs_per_gpu=batch_size, base_lr=0.04, base_batch_size=batch_size,
                   warmup_iters=min(100, max(1, iters // 5)), warmup_ratio=0.01, epochs=epochs,
                   # From scratch at a high learning rate a rare step explodes ('0010' once went to NaN at
                   # iteration 73 without these): clip the gradients, and skip a step whose loss is not finite.
                   grad_clip_norm=10.0, nonfinite_loss="skip",
                   lr_steps=(int(iters * 0.75), int(iters * 0.92)), lr_steps_unit="iter", max_iters=iters,
                   workers=0, eval_interval=0, checkpoint_interval=epochs + 1, log_interval=25, device="cpu")
+    return recipe.replace(backbone=backbone, heads=heads)
 
 
 def _say(text: str) -> None:
@@ -74,18 +74,18 @@ def _calibrate(recipe: Recipe, data, *, choose_threads: bool) -> int:
 
     import torch
 
-    from genattn.benchmark import training_step_time
-    from genattn.inference import ModelSpec
-    from genattn.study import _class_info
+    from genattn.app.bench import training_step_time
+    from genattn.data import CocoDetection
+    from genattn.engine.build import dataset_classes
 
     if choose_threads and torch.get_num_threads() > 1 and hasattr(os, "getloadavg"):
         load, cores = os.getloadavg()[0], os.cpu_count() or 1
         if load >= cores - 0.5:
             torch.set_num_threads(1)
             _say(f"the machine is busy (load {load:.1f} on {cores} cores): using one thread")
-    _say(f"timing a few training steps of {recipe.model} to size the schedule to this machine ...")
-    ids, names = _class_info(data.val_ann)
-    step = training_step_time(ModelSpec(recipe, ids, names), steps=3, warmup=1, batch_size=recipe.imgs_per_gpu,
+    _say(f"timing a few training steps of {recipe.name} to size the schedule to this machine ...")
+    classes = dataset_classes(CocoDetection(data.val_images, data.val_ann, train=False))
+    step = training_step_time(recipe.model_config(), classes, steps=3, warmup=1, batch_size=recipe.imgs_per_gpu,
                               input_size=(recipe.min_size, recipe.max_size), device="cpu")
     # '1111' is the slowest of the three; the others take about as long, so a third of the budget each.
     iters = int(TRAIN_BUDGET_S / len(DEMO_MODELS) / step)
@@ -113,9 +113,9 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
     """
     import torch
 
-    from genattn import study, viz
+    from genattn.app import pictures, study
     from genattn.data.synthetic import ensure_shapes_dataset
-    from genattn.inference import load_model
+    from genattn.models import load_model
 
     start = time.perf_counter()
     if threads:
@@ -144,38 +144,38 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
     _say(f"untrained box AP: {100 * untrained:.1f}")
     rows = []
     for i, recipe in enumerate(recipes, 1):
-        _say(f"[{i}/{len(models)}] {recipe.model}: {iters} iterations of {recipe.imgs_per_gpu} images at "
+        _say(f"[{i}/{len(models)}] {recipe.name}: {iters} iterations of {recipe.imgs_per_gpu} images at "
              f"{image_size} px, then evaluation and benchmark")
-        row = study.study_model(recipe, data.root, work_dir / recipe.model, bench_images=bench_images,
+        row = study.study_model(recipe, data.root, work_dir / recipe.name, bench_images=bench_images,
                                 device="cpu", memory_steps=0 if quick else 2)
-        _say(f"    box AP {row['box AP']} (untrained {100 * untrained:.1f}), {row['Inf time (fps)']} fps, "
-             f"{row['Mem (GB)']} GB, trained in {row['train_s']:.0f} s")
+        cells = study.table_cells(row)
+        _say(f"    box AP {cells['box AP']} (untrained {100 * untrained:.1f}), {cells['Inf time (fps)']} fps, "
+             f"{cells['Mem (GB)']} GB, trained in {row.train_s:.0f} s")
         rows.append(row)
     files = study.write_table(rows, work_dir, title=f"genattn demo: {num_train} shapes images, {image_size} px, "
-                              f"{iters} iterations per model, {rows[0]['device']}; untrained box AP "
+                              f"{iters} iterations per model, {rows[0].device}; untrained box AP "
                               f"{100 * untrained:.1f}")
 
     # Pictures of the last attention model: its detections and where one object's centre attends.
-    show = next((r for r in reversed(rows) if r["Attention Component"] == "1111"), rows[-1])
-    model, _ = load_model(show["model"], checkpoint=show["checkpoint"], device="cpu")
+    show = next((r for r in reversed(rows) if r.attention == "1111"), rows[-1])
+    model, _ = load_model(show.model, show.checkpoint)
     with open(data.val_ann) as f:
         val = json.load(f)
     image_id = max(val["images"], key=lambda im: sum(a["image_id"] == im["id"] for a in val["annotations"]))["id"]
     image_file = data.val_images / next(im["file_name"] for im in val["images"] if im["id"] == image_id)
-    det = viz.detect_images(model, [image_file], work_dir / "detect", score_thr=0.3)
+    det = pictures.detect_images(model, [image_file], work_dir / "detect", score_thr=0.3)
     ann = next(a for a in val["annotations"] if a["image_id"] == image_id)
     x, y, w, h = ann["bbox"]
     point = (int(x + w / 2), int(y + h / 2))
-    pictures = viz.attention_pictures(model, image_file, point, work_dir / "attention")
+    heatmaps = pictures.attention_pictures(model, image_file, point, work_dir / "attention")
     seconds = time.perf_counter() - start
     _say("")
     _say(files["markdown"].read_text().strip())
     _say("")
     _say(f"untrained box AP {100 * untrained:.1f} -> trained: "
-         + ", ".join(f"{r['Attention Component'] if r['Attention Component'] != '-' else 'baseline'}"
-                     f"{'+DCN' if r['DCN'] == 'Y' else ''} {r['box AP']}" for r in rows))
+         + ", ".join(f"{r.tag} {study.table_cells(r)['box AP']}" for r in rows))
     _say(f"table: {files['markdown']}, {files['csv']}; plot: {files['plot']}")
-    _say(f"detections: {det['images'][0]['png']}; attention of pixel {point}: {pictures[0]}")
+    _say(f"detections: {det['images'][0]['png']}; attention of pixel {point}: {heatmaps[0]}")
     _say(f"finished in {seconds / 60:.1f} min; run directory {work_dir.resolve()}")
     return {"rows": rows, "files": files, "work_dir": work_dir, "untrained_box_ap": untrained,
-            "detection_png": det["images"][0]["png"], "attention_png": pictures[0], "seconds": seconds}
+            "detection_png": det["images"][0]["png"], "attention_png": heatmaps[0], "seconds": seconds}

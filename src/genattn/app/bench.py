@@ -15,6 +15,7 @@ The device is always named in the result.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import platform
@@ -22,14 +23,39 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import torch
 from tqdm import tqdm
 
-__all__ = ["benchmark", "inference_speed", "training_memory", "training_step_time", "format_result", "device_name",
-           "status_kib"]
+from genattn.models import Classes, ModelConfig, load_model
+
+__all__ = ["BenchResult", "benchmark", "inference_speed", "training_memory", "training_step_time", "format_result",
+           "device_name", "status_kib"]
+
+
+@dataclass(frozen=True)
+class BenchResult:
+    """One model's benchmark (:func:`benchmark`); :meth:`to_dict` gives its JSON form."""
+
+    model: str
+    device: str
+    device_name: str
+    threads: int
+    num_images: int
+    warmup: int
+    input_size: tuple[int, int]
+    image_size: tuple[int, int]
+    median_ms: float
+    fps: float
+    mem_gb: float | None
+    mem_method: str | None
+    torch: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
 
 
 def _device(device: str | torch.device | None) -> torch.device:
@@ -125,15 +151,16 @@ def _train_steps(model: torch.nn.Module, device: torch.device, *, steps: int, ba
         optimizer.step()
 
 
-def training_step_time(spec, *, steps: int = 4, warmup: int = 1, batch_size: int = 2,
-                       input_size: tuple[int, int] = (480, 640), device: str | torch.device | None = None) -> float:
+def training_step_time(config: ModelConfig, classes: Classes | None = None, *, steps: int = 4, warmup: int = 1,
+                       batch_size: int = 2, input_size: tuple[int, int] = (480, 640),
+                       device: str | torch.device | None = None) -> float:
     """Median wall time of one SGD step (random images and boxes) of a freshly built model, in seconds.
 
     Used to size a run to a time budget (``genattn demo``); ``warmup`` untimed steps come first.
     """
     dev = _device(device)
     torch.manual_seed(0)
-    model = spec.build().to(dev)
+    model = config.build(classes).to(dev)
     _train_steps(model, dev, steps=warmup, batch_size=batch_size, input_size=input_size)
     times = []
     for _ in range(steps):
@@ -154,12 +181,14 @@ def status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
-def training_memory(spec, *, device: str | torch.device | None = None, steps: int = 3, batch_size: int = 2,
-                    input_size: tuple[int, int] = (480, 640), threads: int | None = None) -> dict[str, Any]:
+def training_memory(config: ModelConfig, classes: Classes | None = None, *, device: str | torch.device | None = None,
+                    steps: int = 3, batch_size: int = 2, input_size: tuple[int, int] = (480, 640),
+                    threads: int | None = None) -> dict[str, Any]:
     """Peak memory of a few training steps of a freshly built model (see the module docstring for how).
 
     Args:
-        spec: a :class:`genattn.inference.ModelSpec` (rebuilt here; weights do not change the memory).
+        config: the model (rebuilt here; weights do not change the memory).
+        classes: its classes (default COCO's 80).
         device: cpu or cuda (default: cuda if available).
         steps: SGD steps (>= 1).
         batch_size: images per step.
@@ -173,7 +202,7 @@ def training_memory(spec, *, device: str | torch.device | None = None, steps: in
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = _device(device)
     if device.type == "cuda":
-        model = spec.build().to(device)
+        model = config.build(classes).to(device)
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
         base = torch.cuda.memory_allocated(device)
@@ -185,12 +214,12 @@ def training_memory(spec, *, device: str | torch.device | None = None, steps: in
         return {"mem_gb": peak / 2**30, "mem_method": f"torch.cuda.max_memory_allocated (base {base / 2**30:.2f} GB)"}
     if not Path("/proc/self/status").exists():
         return {"mem_gb": float("nan"), "mem_method": "unavailable (needs /proc/self/status)"}
-    job = {"spec": spec.to_dict(), "steps": steps, "batch_size": batch_size, "input_size": list(input_size),
+    job = {"config": config.to_dict(), "classes": (classes or Classes.coco()).to_dict(), "steps": steps, "batch_size": batch_size, "input_size": list(input_size),
            "threads": threads or torch.get_num_threads()}
     env = dict(os.environ)
-    src = str(Path(__file__).resolve().parents[1])  # so the worker imports this very genattn
+    src = str(Path(__file__).resolve().parents[2])  # so the worker imports this very genattn
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
-    proc = subprocess.run([sys.executable, "-m", "genattn.benchmark", json.dumps(job)], env=env,
+    proc = subprocess.run([sys.executable, "-m", "genattn.app.bench", json.dumps(job)], env=env,
                           capture_output=True, text=True)
     if proc.returncode != 0:
         last = (proc.stderr.strip().splitlines() or ["no output"])[-1]
@@ -201,28 +230,31 @@ def training_memory(spec, *, device: str | torch.device | None = None, steps: in
 
 
 def _memory_worker(job: dict) -> None:
-    from genattn.inference import ModelSpec
-
     torch.set_num_threads(int(job["threads"]))
-    spec = ModelSpec.from_dict(job["spec"])
+    config, classes = ModelConfig.from_dict(job["config"]), Classes.from_dict(job["classes"])
     base = status_kib("VmRSS")
-    model = spec.build()
+    model = config.build(classes)
     _train_steps(model, torch.device("cpu"), steps=job["steps"], batch_size=job["batch_size"],
                  input_size=tuple(job["input_size"]))
     print(json.dumps({"peak_kib": status_kib("VmHWM") - base}))
 
 
-def benchmark(spec, *, checkpoint: str | None = None, device: str | torch.device | None = None,
-              num_images: int = 20, warmup: int = 3, input_size: tuple[int, int] = (480, 640),
-              images: Sequence[torch.Tensor] | None = None, memory_steps: int = 3, batch_size: int = 2,
-              threads: int | None = None, model: torch.nn.Module | None = None,
-              progress: bool = False) -> dict[str, Any]:
+def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig | None = None,
+              checkpoint: str | None = None, changes: Mapping[str, Any] | Sequence[str] = (),
+              impl: str | None = None, device: str | torch.device | None = None, num_images: int = 20, warmup: int = 3,
+              input_size: tuple[int, int] = (480, 640), images: Sequence[torch.Tensor] | None = None,
+              memory_steps: int = 3, batch_size: int = 2, threads: int | None = None,
+              progress: bool = False) -> BenchResult:
     """Inference speed and training memory of one model.
 
     Args:
-        spec: a :class:`genattn.inference.ModelSpec`.
+        model: a model name or configuration (built here, with ``checkpoint`` and ``changes``), or an already
+            built detector (then ``config`` says what it is, for the memory measurement and the report).
+        config: the built detector's configuration.
         checkpoint: weights to load for the speed test (trained weights change how many boxes reach the
             heads' post-processing, so use them where you have them).
+        changes: changes to the model's settings.
+        impl: the attention path of every attention block (see ``ModelConfig.with_impl``).
         device: cpu or cuda (default: cuda if available).
         num_images: timed images.
         warmup: untimed warm-up calls.
@@ -232,21 +264,18 @@ def benchmark(spec, *, checkpoint: str | None = None, device: str | torch.device
         memory_steps: training steps for the memory peak (0 skips it).
         batch_size: images per training step.
         threads: CPU threads (default: torch's current setting).
-        model: an already built model to time instead of building ``spec`` (with ``checkpoint``).
         progress: show a progress bar while timing.
-
-    Returns:
-        A JSON-serialisable dict: model, device, device_name, threads, num_images, median_ms, fps, mem_gb,
-        mem_method, torch version.
     """
-    from genattn.inference import load_model
-
     dev = _device(device)
     if threads:
         torch.set_num_threads(threads)
-    if model is None:
-        model, spec = load_model(spec, checkpoint=checkpoint, device=dev)
-    model = model.to(dev).eval()
+    if isinstance(model, torch.nn.Module):
+        if config is None:
+            raise ValueError("benchmark: give the config of a built model")
+        net = model
+    else:
+        net, config = load_model(model, checkpoint, changes=changes, impl=impl)
+    net = net.to(dev).eval()
     gen = torch.Generator().manual_seed(0)
     if images:
         timed = [images[i % len(images)].to(dev) for i in range(num_images)]
@@ -255,29 +284,28 @@ def benchmark(spec, *, checkpoint: str | None = None, device: str | torch.device
         timed = [torch.randint(0, 256, (3, *input_size), generator=gen, dtype=torch.uint8).to(dev)
                  for _ in range(min(num_images, 4))]
         timed = [timed[i % len(timed)] for i in range(num_images)]
-    speed = inference_speed(model, timed, warmup=warmup, progress=progress)
-    result = {"model": spec.name, "device": str(dev), "device_name": device_name(dev),
-              "threads": torch.get_num_threads(), "num_images": num_images, "warmup": warmup,
-              "input_size": list(timed[0].shape[-2:]), "image_size": [spec.min_size, spec.max_size],
-              "median_ms": speed["median_s"] * 1e3, "fps": speed["fps"], "mem_gb": None, "mem_method": None,
-              "torch": torch.__version__}
+    speed = inference_speed(net, timed, warmup=warmup, progress=progress)
+    memory: dict[str, Any] = {"mem_gb": None, "mem_method": None}
     if memory_steps > 0:
         mem_size = tuple(timed[0].shape[-2:]) if images else input_size
-        result.update(training_memory(spec, device=dev, steps=memory_steps, batch_size=batch_size,
-                                      input_size=mem_size, threads=threads))
-    return result
+        memory = training_memory(config, Classes(net.category_ids, net.class_names), device=dev, steps=memory_steps,
+                                 batch_size=batch_size, input_size=mem_size, threads=threads)
+    return BenchResult(model=config.name, device=str(dev), device_name=device_name(dev),
+                       threads=torch.get_num_threads(), num_images=num_images, warmup=warmup,
+                       input_size=tuple(timed[0].shape[-2:]), image_size=(config.min_size, config.max_size),
+                       median_ms=speed["median_s"] * 1e3, fps=speed["fps"], torch=torch.__version__, **memory)
 
 
-def format_result(result: dict[str, Any]) -> str:
+def format_result(result: BenchResult) -> str:
     """A few human-readable lines for one :func:`benchmark` result."""
-    lines = [f"model:     {result['model']}",
-             f"device:    {result['device']} ({result['device_name']})",
-             f"inference: {result['fps']:.2f} fps (median {result['median_ms']:.1f} ms over {result['num_images']}"
-             f" images of {result['input_size'][0]}x{result['input_size'][1]}, batch 1, {result['warmup']} warm-up)"]
-    if result.get("mem_gb") is not None:
-        lines.append(f"memory:    {result['mem_gb']:.3f} GB peak in training ({result['mem_method']})")
+    lines = [f"model:     {result.model}",
+             f"device:    {result.device} ({result.device_name})",
+             f"inference: {result.fps:.2f} fps (median {result.median_ms:.1f} ms over {result.num_images}"
+             f" images of {result.input_size[0]}x{result.input_size[1]}, batch 1, {result.warmup} warm-up)"]
+    if result.mem_gb is not None:
+        lines.append(f"memory:    {result.mem_gb:.3f} GB peak in training ({result.mem_method})")
     return "\n".join(lines)
 
 
-if __name__ == "__main__":  # the CPU memory worker: python -m genattn.benchmark JOB_JSON
+if __name__ == "__main__":  # the CPU memory worker: python -m genattn.app.bench JOB_JSON
     _memory_worker(json.loads(sys.argv[1]))

@@ -5,7 +5,7 @@ import pytest
 import torch
 from PIL import Image
 
-from genattn import viz
+from genattn.app import pictures as viz
 from genattn.models import get_model
 
 TINY = {"layers": (1, 1, 1, 1), "base_width": 8, "stem_width": 8, "frozen_stages": -1, "norm_eval": False}

@@ -1,9 +1,11 @@
 """Training recipes: MMDetection's 1x schedule as a frozen dataclass.
 
-A :class:`Recipe` holds everything a run needs besides the data paths: model name and overrides, image size,
-schedule, optimiser, loading, precision, seed and logging. Variants are made with :func:`dataclasses.replace`
-(or :meth:`Recipe.replace`, which accepts ``"key=value"`` strings from a command line); the resolved recipe is
-saved as ``recipe.json`` in every run directory and inside every checkpoint.
+A :class:`Recipe` is a :class:`~genattn.models.ModelConfig` (what to build: backbone, heads, image size) plus
+how to train it: schedule, optimiser, loading, precision, seed and logging. Variants are made with
+:meth:`Recipe.replace`, which merges changes key by key and accepts ``"key.sub=value"`` strings from a command
+line (``backbone.attention_cfg.impl=chunked`` changes that one setting and keeps the rest); an unknown key is an
+error that lists the valid ones. The resolved recipe is saved as ``recipe.json`` in every run directory and
+inside every checkpoint.
 
 Schedules: by default a run lasts ``epochs`` epochs and the learning rate drops by ``lr_gamma`` at the start of
 each epoch listed in ``lr_steps`` (0-based epoch counter, as MMDetection's step policy: with steps (8, 11) epochs
@@ -14,60 +16,35 @@ iterations: the run stops there (mid-epoch if need be) with a checkpoint and an 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Mapping
 
-__all__ = ["Recipe", "get_recipe", "tiny_recipe", "SEED_MODELS", "TINY_BACKBONE"]
+from genattn import settings
+from genattn.models.config import ModelConfig, legacy_model_config
+from genattn.models.weights import atomic_write_text
 
-#: The seed's models (and the two reference models without attention) that have a 1x recipe.
-SEED_MODELS = (
-    "faster_rcnn_r50_fpn_attention_1111_1x_coco",
-    "faster_rcnn_r50_fpn_attention_0010_1x_coco",
-    "faster_rcnn_r50_fpn_attention_1111_dcn_1x_coco",
-    "faster_rcnn_r50_fpn_attention_0010_dcn_1x_coco",
-    "faster_rcnn_r50_fpn_1x_coco",
-    "faster_rcnn_r50_fpn_dconv_c3-c5_1x_coco",
-)
+__all__ = ["Recipe", "get_recipe", "tiny_recipe", "TINY_BACKBONE"]
 
-#: ResNet overrides for a model small enough to train on a CPU in seconds (tests, demos).
+#: Backbone changes for a model small enough to train on a CPU in seconds (tests, demos): one bottleneck per
+#: stage, width 16, nothing frozen, BatchNorm statistics trained.
 TINY_BACKBONE = {"layers": (1, 1, 1, 1), "base_width": 16, "stem_width": 16, "frozen_stages": -1,
                  "norm_eval": False}
 
 _AMP = ("none", "bf16", "fp16")
 
 
-def _freeze(value: Any) -> Any:
-    """JSON lists back to tuples (ResNet arguments such as ``layers`` are tuples)."""
-    if isinstance(value, list):
-        return tuple(_freeze(v) for v in value)
-    if isinstance(value, dict):
-        return {k: _freeze(v) for k, v in value.items()}
-    return value
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 @dataclass(frozen=True)
-class Recipe:
-    """A training recipe; the defaults are MMDetection's 1x schedule for Faster R-CNN on COCO.
+class Recipe(ModelConfig):
+    """A training recipe: a model configuration plus MMDetection's 1x schedule for it (the defaults).
 
     Attributes:
-        model: name for ``genattn.models.get_model``.
-        backbone: ResNet keyword overrides (e.g. :data:`TINY_BACKBONE`).
-        model_kwargs: further ``get_model`` keyword arguments (FPN width, ...).
-        pretrained_backbone: ImageNet weights for the backbone, passed to ``get_model``: a torchvision ResNet
-            state-dict file, or 'torchvision' for torchvision's ResNet-50 (the published models start from
-            it; :func:`get_recipe` sets it); None (the dataclass default) trains from scratch.
-        min_size, max_size: the model's keep-ratio resize (short side / long side limits).
+        backbone, heads, min_size, max_size: the model (see :class:`~genattn.models.ModelConfig`); build a
+            recipe for a named model with :func:`get_recipe` or ``Recipe.from_name(name)``.
+        pretrained_backbone: ImageNet weights for the backbone: a torchvision ResNet state-dict file or URL, or
+            'torchvision' for torchvision's ResNet of the model's depth (the published models start from it;
+            :func:`get_recipe` sets it); None (the dataclass default) trains from scratch.
         imgs_per_gpu: images per batch on each process.
         base_lr, base_batch_size: learning rate for ``base_batch_size`` images; scaled linearly with the
             total batch (``imgs_per_gpu * world_size``), see :meth:`lr`.
@@ -94,12 +71,7 @@ class Recipe:
         find_unused_parameters: passed to DistributedDataParallel.
     """
 
-    model: str = "faster_rcnn_r50_fpn_attention_1111_1x_coco"
-    backbone: dict = field(default_factory=dict)
-    model_kwargs: dict = field(default_factory=dict)
     pretrained_backbone: str | None = None
-    min_size: int = 800
-    max_size: int = 1333
     imgs_per_gpu: int = 2
     base_lr: float = 0.02
     base_batch_size: int = 16
@@ -109,7 +81,7 @@ class Recipe:
     warmup_iters: int = 500
     warmup_ratio: float = 0.001
     epochs: int = 12
-    lr_steps: tuple = (8, 11)
+    lr_steps: tuple[int, ...] = (8, 11)
     lr_gamma: float = 0.1
     lr_steps_unit: str = "epoch"
     max_iters: int | None = None
@@ -129,9 +101,7 @@ class Recipe:
     find_unused_parameters: bool = False
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "backbone", _freeze(dict(self.backbone)))
-        object.__setattr__(self, "model_kwargs", _freeze(dict(self.model_kwargs)))
-        object.__setattr__(self, "lr_steps", tuple(int(s) for s in self.lr_steps))
+        super().__post_init__()
         checks = [
             (self.amp in _AMP, f"amp must be one of {_AMP}, got {self.amp!r}"),
             (self.nonfinite_loss in ("raise", "skip"), f"nonfinite_loss must be 'raise' or 'skip', got "
@@ -145,8 +115,6 @@ class Recipe:
             (self.base_lr > 0 and self.base_batch_size >= 1, "base_lr must be > 0 and base_batch_size >= 1"),
             (0 < self.warmup_ratio <= 1 and self.warmup_iters >= 0, "warmup_ratio must be in (0, 1] and "
                                                                     "warmup_iters >= 0"),
-            (self.min_size >= 1 and self.max_size >= self.min_size, f"need 1 <= min_size <= max_size, got "
-                                                                    f"{self.min_size}, {self.max_size}"),
             (self.workers >= 0 and self.log_interval >= 1 and self.checkpoint_interval >= 1,
              "workers must be >= 0, log_interval and checkpoint_interval >= 1"),
             (self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm must be > 0 or None"),
@@ -161,26 +129,20 @@ class Recipe:
         """Learning rate for a total batch (linear scaling rule): ``base_lr * total / base_batch_size``."""
         return self.base_lr * total_batch_size / self.base_batch_size
 
-    def to_dict(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
-        return {f.name: _jsonable(getattr(self, f.name)) for f in dataclasses.fields(self)}
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> "Recipe":
-        """Inverse of :meth:`to_dict`; unknown keys are an error."""
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"recipe: unknown field(s) {', '.join(unknown)}")
-        return cls(**{k: _freeze(v) for k, v in data.items()})
+    def from_dict(cls, data: Mapping[str, Any], where: str = "recipe") -> "Recipe":
+        """Inverse of :meth:`to_dict` (recipes of genattn 0.1, with a model name and ``model_kwargs``, are read
+        too); unknown keys are an error."""
+        if isinstance(data, Mapping) and "model_kwargs" in data:
+            model_keys = ("model", "backbone", "model_kwargs", "min_size", "max_size")
+            config = legacy_model_config(data, where)
+            rest = {k: v for k, v in data.items() if k not in model_keys}
+            data = {**settings.to_dict(config), **rest}
+        return super().from_dict(data, where)
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the recipe as JSON (atomically)."""
-        tmp = f"{path}.tmp"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        atomic_write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "Recipe":
@@ -192,53 +154,34 @@ class Recipe:
             raise ValueError(f"recipe file {path}: not found") from None
         except json.JSONDecodeError as err:
             raise ValueError(f"recipe file {path}: malformed JSON ({err.msg} at line {err.lineno})") from None
-        return cls.from_dict(data)
+        return cls.from_dict(data, f"recipe file {path}")
 
     def replace(self, *overrides: str, **changes: Any) -> "Recipe":
-        """A copy with some fields changed.
+        """A copy with some settings changed, merged key by key.
 
         Args:
             *overrides: command-line style ``"key=value"`` strings; the value is parsed as JSON when it can be
-                (``epochs=2``, ``lr_steps=[1,2]``, ``amp=bf16``, ``max_iters=null``); ``backbone.layers=[1,1,1,1]``
-                changes one key of a dict field.
-            **changes: fields and values, as :func:`dataclasses.replace`.
+                (``epochs=2``, ``lr_steps=[1,2]``, ``amp=bf16``, ``max_iters=null``);
+                ``backbone.attention_cfg.impl=chunked`` changes one nested setting.
+            **changes: fields and values; a mapping given for a nested record (``backbone={'layers': ...}``)
+                updates it key by key.
+
+        Raises:
+            ValueError: an unknown key (the valid ones listed), a wrong type or a bad value.
         """
-        names = {f.name for f in dataclasses.fields(self)}
-        updates: dict[str, Any] = {}
-        for item in overrides:
-            key, sep, text = item.partition("=")
-            key = key.strip()
-            if not sep or not key:
-                raise ValueError(f"recipe override {item!r}: expected key=value")
-            try:
-                value = json.loads(text)
-            except json.JSONDecodeError:
-                value = text
-            field_name, _, sub = key.partition(".")
-            if field_name not in names:
-                raise ValueError(f"recipe override {item!r}: unknown field {field_name!r}")
-            if sub:
-                current = updates.get(field_name, getattr(self, field_name))
-                if not isinstance(current, dict):
-                    raise ValueError(f"recipe override {item!r}: {field_name!r} is not a dict")
-                value = {**current, sub: value}
-            updates[field_name] = _freeze(value)
-        unknown = sorted(set(changes) - names)
-        if unknown:
-            raise ValueError(f"recipe: unknown field(s) {', '.join(unknown)}")
-        return dataclasses.replace(self, **{**updates, **changes})
+        merged = settings.merge(settings.parse_assignments(overrides, "recipe override"), changes)
+        return settings.update(self, merged, "recipe") if merged else self
 
 
 def get_recipe(model: str, *overrides: str, **changes: Any) -> Recipe:
-    """The 1x recipe for ``model`` as MMDetection trains it, starting from torchvision's ImageNet ResNet-50
-    (``pretrained_backbone='torchvision'``, downloaded once), with optional overrides (see
+    """The 1x recipe for ``model`` as MMDetection trains it, starting from torchvision's ImageNet ResNet
+    (``pretrained_backbone='torchvision'``, downloaded once), with optional changes (see
     :meth:`Recipe.replace`; ``pretrained_backbone=null`` trains from scratch)."""
-    return Recipe(model=model, pretrained_backbone="torchvision").replace(*overrides, **changes)
+    return Recipe.from_name(model, pretrained_backbone="torchvision").replace(*overrides, **changes)
 
 
 def tiny_recipe(model: str, *overrides: str, **changes: Any) -> Recipe:
     """A CPU-sized variant of the 1x recipe: :data:`TINY_BACKBONE`, 128-224 pixel images, short warmup, frequent
     logs. Meant for smoke runs, demos and tests, not for accuracy."""
-    tiny = Recipe(model=model, backbone=TINY_BACKBONE, min_size=128, max_size=224, warmup_iters=20, workers=0,
-                  log_interval=10)
-    return tiny.replace(*overrides, **changes)
+    tiny = Recipe.from_name(model, min_size=128, max_size=224, warmup_iters=20, workers=0, log_interval=10)
+    return tiny.replace(backbone=TINY_BACKBONE).replace(*overrides, **changes)

@@ -1,8 +1,14 @@
 """The ``genattn`` command line: thin subcommands over library functions.
 
 Every subcommand parses its arguments and calls functions that are usable from Python on their own
-(:mod:`genattn.engine`, :mod:`genattn.benchmark`, :mod:`genattn.viz`, :mod:`genattn.study`,
-:mod:`genattn.models.convert`). Heavy imports happen inside the subcommands so that ``--help`` is instant.
+(:mod:`genattn.engine`, :mod:`genattn.models.weights`, :mod:`genattn.app.bench`, :mod:`genattn.app.pictures`,
+:mod:`genattn.app.study`, :mod:`genattn.app.demo`). Heavy imports happen inside the subcommands so that
+``--help`` is instant.
+
+Model settings reach the library as one nested change mapping (``--set`` assignments, ``--backbone`` JSON and
+``--image-size`` merged key by key), applied to the model's configuration with
+:meth:`genattn.models.ModelConfig.updated` (or a recipe's :meth:`~genattn.engine.recipes.Recipe.replace`);
+``--impl`` sets the attention path of every attention block.
 
 Exit status:
     0  success.
@@ -59,28 +65,43 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_model_options(p: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
-    """Options shared by every subcommand that builds a model."""
-    p.add_argument("model", metavar="MODEL", help="model name, e.g. faster_rcnn_r50_fpn_attention_1111_1x_coco "
-                   "(faster_rcnn_r50_fpn_attention_XXXX[_dcn]_1x_coco for any of the 15 attention types, "
-                   "faster_rcnn_r50_fpn_1x_coco, faster_rcnn_r50_fpn_dconv_c3-c5_1x_coco)")
-    if checkpoint:
-        p.add_argument("--checkpoint", metavar="FILE",
-                       help="weights: a checkpoint of 'genattn train' (its recipe rebuilds the model), a converted "
-                            "or MMDetection checkpoint, or a URL of a released model")
+_IMPLS = ("auto", "materialize", "chunked", "sdpa", "flex", "key_only", "separable")  # attention.paths.IMPLS
+_MODEL_HELP = ("model name, e.g. faster_rcnn_r50_fpn_attention_1111_1x_coco (faster_rcnn_r50_fpn_attention_XXXX"
+               "[_dcn]_1x_coco for any of the 15 attention types, faster_rcnn_r50_fpn_1x_coco, "
+               "faster_rcnn_r50_fpn_dconv_c3-c5_1x_coco)")
+
+
+def _add_impl(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--impl", choices=_IMPLS, help="the attention path of every attention block (default auto: "
+                   "the fastest exact path for the device and map size); no effect without attention")
+
+
+def _add_model_settings(p: argparse.ArgumentParser, set_help: str) -> None:
+    """--backbone, --image-size, --set and --impl: changes to the model's settings, merged key by key."""
     p.add_argument("--backbone", type=_json_dict, metavar="JSON",
-                   help="ResNet overrides as JSON, e.g. '{\"layers\": [1,1,1,1], \"base_width\": 16}'")
+                   help="backbone settings as JSON, merged key by key, e.g. '{\"layers\": [1,1,1,1], "
+                        "\"base_width\": 16}' or '{\"attention_cfg\": {\"num_heads\": 4}}'")
     p.add_argument("--image-size", type=_positive_int, nargs="+", metavar=("MIN", "MAX"),
                    help="resize images so the short side is MIN and the long side at most MAX "
                         "(default 800 1333; one value sets both)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="other recipe fields of the model, e.g. --set model_kwargs.fpn_channels=64")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help=set_help)
+    _add_impl(p)
+
+
+def _add_model_options(p: argparse.ArgumentParser, *, checkpoint: bool = True) -> None:
+    """Options shared by the subcommands that run a model (bench, detect, attention)."""
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    if checkpoint:
+        p.add_argument("--checkpoint", metavar="FILE",
+                       help="weights: a checkpoint of 'genattn train' or 'genattn convert', an MMDetection "
+                            "checkpoint, or a URL of a released model (it must hold MODEL)")
+    _add_model_settings(p, "model settings, e.g. --set heads.fpn_channels=64 backbone.attention_cfg.impl=chunked")
     if checkpoint:
         p.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
 
 
 def _add_recipe_options(p: argparse.ArgumentParser) -> None:
-    """Recipe options shared by train and study (see genattn.recipes.Recipe for every field)."""
+    """Recipe options shared by train and study (see genattn.engine.recipes.Recipe for every field)."""
     p.add_argument("--data", required=True, metavar="ROOT",
                    help="COCO-layout data root (ROOT/train2017/, ROOT/val2017/, ROOT/annotations/instances_*.json), "
                         "or 'shapes' for the built-in dataset")
@@ -94,8 +115,8 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, help="data-loading processes per training process (default 2)")
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (default none = fp32)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="any other recipe field, e.g. --set base_lr=0.01 lr_steps=[4,6] model_kwargs.fpn_channels=64")
+    _add_model_settings(p, "any recipe setting, merged key by key, e.g. --set base_lr=0.01 lr_steps=[4,6] "
+                           "heads.fpn_channels=64 backbone.attention_cfg.impl=chunked")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -111,12 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
         return sub.add_parser(name, help=summary, description=summary)
 
     p = add("train", "train a model on COCO-format data (one process, or many under torchrun)")
-    p.add_argument("model", metavar="MODEL", help="model name, e.g. faster_rcnn_r50_fpn_attention_1111_1x_coco")
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
     _add_recipe_options(p)
-    p.add_argument("--backbone", type=_json_dict, metavar="JSON",
-                   help="ResNet overrides as JSON, e.g. '{\"layers\": [1,1,1,1], \"base_width\": 16}'")
-    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar=("MIN", "MAX"),
-                   help="short side MIN, long side at most MAX (default 800 1333; one value sets both)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if available")
     p.add_argument("--ann", metavar="FILE", help="training annotation file (default ROOT/annotations/"
                    "instances_train2017.json)")
@@ -125,9 +142,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--auto-resume", action="store_true", help="continue from the latest checkpoint in --work-dir")
 
     p = add("test", "evaluate a checkpoint: COCO box AP (one process, or many under torchrun)")
-    p.add_argument("model", metavar="MODEL", help="model name (must match a genattn checkpoint's)")
+    p.add_argument("model", metavar="MODEL", help="model name (the checkpoint must hold it)")
     p.add_argument("--checkpoint", required=True, metavar="FILE",
                    help="a checkpoint of 'genattn train' or 'genattn convert', an MMDetection checkpoint or a URL")
+    _add_impl(p)
     p.add_argument("--data", required=True, metavar="ROOT", help="COCO-layout data root, or 'shapes'")
     p.add_argument("--ann", metavar="FILE", help="annotation file (default ROOT/annotations/instances_val2017.json)")
     p.add_argument("--out", metavar="FILE", help="COCO results JSON to write (default next to the checkpoint)")
@@ -160,17 +178,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attention", metavar="DIR", help="output directory (default ./attention)")
 
     p = add("convert", "convert an MMDetection checkpoint to genattn's format")
-    p.add_argument("src", metavar="IN", help="MMDetection checkpoint (.pth)")
+    p.add_argument("src", metavar="IN", help="MMDetection checkpoint (.pth), any file name")
     p.add_argument("dst", metavar="OUT", help="output file (a genattn checkpoint for --checkpoint)")
-    p.add_argument("--model", help="model name (default: guessed from IN's file name)")
-    p.add_argument("--backbone", type=_json_dict, metavar="JSON", help="ResNet overrides (non-standard models)")
-    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="other recipe fields of the model")
+    p.add_argument("--model", help="model name, needed only when IN holds no config and its file name names no "
+                   "model (MMDetection's files carry their config; released file names name the model)")
+    p.add_argument("--backbone", type=_json_dict, metavar="JSON",
+                   help="backbone settings as JSON, merged key by key (models without a config inside)")
+    p.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="other model settings")
 
     p = add("study", "train, test and bench several models; the seed's table as Markdown/CSV and a plot")
     p.add_argument("models", nargs="+", metavar="MODEL", help="model names")
     _add_recipe_options(p)
-    p.add_argument("--backbone", type=_json_dict, metavar="JSON", help="ResNet overrides for every model")
-    p.add_argument("--image-size", type=_positive_int, nargs="+", metavar=("MIN", "MAX"), help="image size")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), help="default auto: CUDA if available")
     p.add_argument("--bench-images", type=_positive_int, default=20, help="timed images per model (default 20)")
     p.add_argument("--memory-steps", type=int, default=3, metavar="N",
@@ -200,36 +218,39 @@ def _rank() -> int:
     return int(os.environ.get("RANK", "0"))
 
 
+def _changes(args) -> dict:
+    """``--set`` assignments, then ``--backbone`` keys and ``--image-size``, as one nested change mapping."""
+    from genattn.settings import merge, parse_assignments
+
+    changes = merge(parse_assignments(args.set), {"backbone": args.backbone} if args.backbone else {})
+    size = _image_size(getattr(args, "image_size", None))
+    if size:
+        changes.update(min_size=size[0], max_size=size[1])
+    return changes
+
+
 def _recipe_changes(args) -> dict:
-    """Recipe fields set by dedicated flags (``--set`` strings are applied separately, first)."""
+    """:func:`_changes` plus the recipe fields that have flags of their own."""
     flags = {"epochs": "epochs", "max_iters": "max_iters", "batch_size": "imgs_per_gpu", "workers": "workers",
              "amp": "amp", "seed": "seed", "device": "device"}
-    out = {field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}
-    if getattr(args, "image_size", None):
-        out["min_size"], out["max_size"] = _image_size(args.image_size)
-    return out
+    return {**_changes(args),
+            **{field: getattr(args, flag) for flag, field in flags.items() if getattr(args, flag, None) is not None}}
 
 
-def _overrides(args) -> list[str]:
-    """``--set`` strings, then ``--backbone`` keys as ``backbone.KEY=VALUE`` (merged into the recipe's)."""
-    backbone = [f"backbone.{k}={json.dumps(v)}" for k, v in (args.backbone or {}).items()]
-    return [*args.set, *backbone]
+def _device(args) -> str:
+    import torch
 
-
-def _recipe(args, model: str):
-    from genattn.recipes import get_recipe, tiny_recipe
-
-    return (tiny_recipe if args.tiny else get_recipe)(model, *_overrides(args)).replace(**_recipe_changes(args))
+    return args.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def _cmd_train(args) -> int:
+    from genattn.data import data_root
+    from genattn.engine.recipes import get_recipe, tiny_recipe
     from genattn.engine.train import train
-    from genattn.study import data_root
 
-    recipe = _recipe(args, args.model)
-    root = data_root(args.data) if args.data else None
-    result = train(recipe, data_root=root, train_ann=args.ann, val_ann=args.val_ann, work_dir=args.work_dir,
-                   resume=args.resume, auto_resume=args.auto_resume)
+    recipe = (tiny_recipe if args.tiny else get_recipe)(args.model).replace(**_recipe_changes(args))
+    result = train(recipe.with_impl(args.impl), data_root=data_root(args.data), train_ann=args.ann,
+                   val_ann=args.val_ann, work_dir=args.work_dir, resume=args.resume, auto_resume=args.auto_resume)
     metrics = result.get("metrics") or {}
     summary = {"work_dir": str(result["work_dir"]), "checkpoint": str(result["checkpoint"]),
                "epoch": result["epoch"], "iter": result["iter"],
@@ -240,69 +261,69 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_test(args) -> int:
+    from genattn.data import data_root
     from genattn.engine.test import test
-    from genattn.study import data_root
 
-    metrics = test(args.checkpoint, model_name=args.model, data_root=data_root(args.data), ann_file=args.ann,
-                   out_file=args.out, workers=args.workers, device=args.device)
+    metrics = test(args.checkpoint, model=args.model, impl=args.impl, data_root=data_root(args.data),
+                   ann_file=args.ann, out_file=args.out, workers=args.workers, device=args.device)
     if _rank() == 0:
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}))
     return EXIT_OK
 
 
 def _cmd_bench(args) -> int:
-    from genattn import benchmark, inference
+    from genattn.app import bench
 
-    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, image_size=_image_size(args.image_size),
-                                      overrides=args.set)
-    result = benchmark.benchmark(spec, checkpoint=args.checkpoint, device=args.device, num_images=args.images,
-                                 warmup=args.warmup, input_size=tuple(args.input_size),
-                                 memory_steps=args.memory_steps, batch_size=args.batch_size, threads=args.threads)
-    print(benchmark.format_result(result))
+    result = bench.benchmark(args.model, checkpoint=args.checkpoint, changes=_changes(args), impl=args.impl,
+                             device=args.device, num_images=args.images, warmup=args.warmup,
+                             input_size=tuple(args.input_size), memory_steps=args.memory_steps,
+                             batch_size=args.batch_size, threads=args.threads)
+    print(bench.format_result(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return EXIT_OK
 
 
-def _cmd_detect(args) -> int:
-    from genattn import inference, viz
+def _load(args):
+    from genattn.models import load_model
 
-    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, overrides=args.set)
-    model, spec = inference.load_model(spec, checkpoint=args.checkpoint, image_size=_image_size(args.image_size),
-                                       device=args.device)
-    result = viz.detect_images(model, [Path(p) for p in args.images], Path(args.out), score_thr=args.score_thr)
+    model, _ = load_model(args.model, args.checkpoint, changes=_changes(args), impl=args.impl, device=_device(args))
+    return model
+
+
+def _cmd_detect(args) -> int:
+    from genattn.app import pictures
+
+    model = _load(args)
+    result = pictures.detect_images(model, [Path(p) for p in args.images], Path(args.out), score_thr=args.score_thr)
     print(f"{sum(len(r['detections']) for r in result['images'])} detections in {len(args.images)} image(s); "
           f"wrote {result['json']} and {len(result['images'])} PNG(s) in {args.out}")
     return EXIT_OK
 
 
 def _cmd_attention(args) -> int:
-    from genattn import inference, viz
+    from genattn.app import pictures
 
-    spec = inference.ModelSpec.create(args.model, backbone=args.backbone, overrides=args.set)
-    model, spec = inference.load_model(spec, checkpoint=args.checkpoint, image_size=_image_size(args.image_size),
-                                       device=args.device)
-    files = viz.attention_pictures(model, Path(args.image), tuple(args.point), Path(args.out))
+    model = _load(args)
+    files = pictures.attention_pictures(model, Path(args.image), tuple(args.point), Path(args.out))
     print(f"wrote {len(files)} PNG(s) in {args.out}: " + ", ".join(p.name for p in files))
     return EXIT_OK
 
 
 def _cmd_convert(args) -> int:
-    from genattn import inference
+    from genattn.models.weights import convert_file
 
-    model = args.model or inference.guess_model_name(args.src)
-    spec = inference.ModelSpec.create(model, backbone=args.backbone, overrides=args.set)
-    out = inference.convert_checkpoint_file(args.src, args.dst, model=spec)
-    print(f"wrote {out}")
+    out, config = convert_file(args.src, args.dst, model=args.model, changes=_changes(args))
+    print(f"wrote {out} ({config.name})")
     return EXIT_OK
 
 
 def _cmd_study(args) -> int:
-    from genattn import study
+    from genattn.app import study
 
-    result = study.run_study(args.models, data=args.data, work_dir=args.work_dir,
-                             recipe_changes=_recipe_changes(args), overrides=_overrides(args), tiny=args.tiny,
+    result = study.run_study(args.models, data=args.data, work_dir=args.work_dir, changes=_recipe_changes(args),
+                             impl=args.impl, tiny=args.tiny,
                              device=None if args.device in (None, "auto") else args.device,
                              bench_images=args.bench_images, memory_steps=args.memory_steps)
     print(result["markdown"])
@@ -311,7 +332,7 @@ def _cmd_study(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from genattn import demo
+    from genattn.app import demo
 
     demo.run_demo(work_dir=args.work_dir, dcn=args.dcn, iters=args.iters, quick=args.quick, threads=args.threads)
     return EXIT_OK
