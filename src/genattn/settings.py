@@ -55,7 +55,7 @@ def _describe(tp: Any) -> str:
     parts = []
     for option in _options(tp):
         base = typing.get_origin(option) or option
-        parts.append(names.get(base, f"a {getattr(base, '__name__', str(base))} mapping"))
+        parts.append(names.get(base, f"a mapping of {getattr(base, '__name__', str(base))} settings"))
     return " or ".join(parts)
 
 

@@ -59,8 +59,9 @@ def name_in_file_name(path: str | Path) -> str | None:
 
 @dataclass(frozen=True)
 class BackboneConfig:
-    """The :class:`~genattn.models.resnet.ResNet` arguments; the defaults are the detection backbone's
-    (ResNet-50, stem and layer1 frozen, BatchNorm statistics frozen), no attention, no DCN.
+    """The :class:`~genattn.models.resnet.ResNet` arguments (all but ``norm_layer``, a class: BatchNorm here);
+    the defaults are the detection backbone's (ResNet-50, stem and layer1 frozen, BatchNorm statistics frozen),
+    no attention, no DCN.
 
     ``ResNet`` checks the values when the backbone is built.
     """
