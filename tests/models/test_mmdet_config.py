@@ -27,6 +27,13 @@ def test_depth_101_and_other_attention_settings():
                                                             attention_type="1111")
 
 
+def test_resnext():
+    text = config_v2(None, False, depth=101).replace("type='ResNet',", "type='ResNeXt',\n        groups=32,\n"
+                                                                        "        base_width=4,")
+    config = model_config_from_mmdet(text, "f.pth")
+    assert (config.backbone.groups, config.backbone.width_per_group, config.backbone.label) == (32, 4, "X-101 32x4d")
+
+
 def test_literals_only():
     values = parse_config_text("a = dict(b=[1, (2, 3)], c={'d': None})\nx = range(0, 8)\n"
                                "y = dict(type='Normalize', **img_norm_cfg)\nz = -1\nw = 1 + 2\n")

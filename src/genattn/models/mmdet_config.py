@@ -14,8 +14,8 @@ arithmetic) becomes an :class:`Opaque` marker that is an error only if the model
   stage; genattn wires whole stages, so a stage must list all its blocks or none),
   ``dcn=dict(modulated=False, deformable_groups=1, ...)``.
 
-Depth, ``frozen_stages``, ``norm_eval`` and ``with_cp`` are taken too; the FPN and heads keep the seed's
-settings, which every released empirical-attention model uses.
+Depth (ResNet or ResNeXt), ``frozen_stages``, ``norm_eval`` and ``with_cp`` are taken too; the FPN and heads keep
+the seed's settings, which every released empirical-attention model uses.
 """
 
 from __future__ import annotations
@@ -111,12 +111,15 @@ def _stage_flags(value: Any, where: str) -> tuple[bool, ...]:
 
 
 def _backbone(bb: dict) -> BackboneConfig:
-    _need(bb.get("type", "ResNet") == "ResNet", f"backbone type {bb.get('type')!r} (genattn builds ResNet)")
+    kind = bb.get("type", "ResNet")
+    _need(kind in ("ResNet", "ResNeXt"), f"backbone type {kind!r} (genattn builds ResNet and ResNeXt)")
     depth = _literal(bb, "depth", 50)
     _need(depth in _DEPTHS, f"ResNet depth {depth!r} (genattn knows {sorted(_DEPTHS)})")
     _need(_literal(bb, "style", "pytorch") == "pytorch", f"style={bb.get('style')!r} (genattn builds 'pytorch')")
     _need(_literal(bb, "num_stages", 4) == 4, "num_stages other than 4")
     kwargs: dict[str, Any] = {"layers": _DEPTHS[depth]}
+    if kind == "ResNeXt":  # MMDetection's base_width is the width per group, as torchvision's width_per_group
+        kwargs.update(groups=_literal(bb, "groups", 1), width_per_group=_literal(bb, "base_width", 4))
     for key in ("frozen_stages", "norm_eval", "with_cp"):
         if key in bb:
             kwargs[key] = _literal(bb, key)
