@@ -72,7 +72,7 @@ def test_initialisation():
     (dict(attention_type="111"), ["attention_type", "'111'"]),
     (dict(attention_type="1121"), ["attention_type", "'1121'"]),
     (dict(attention_type=1111), ["attention_type", "1111"]),
-    (dict(num_heads=3), ["in_channels", "num_heads", "3"]),
+    (dict(num_heads=17), ["num_heads (17)", "in_channels (16)"]),  # a zero-width head
     (dict(num_heads=0), ["num_heads", "0"]),
     (dict(kv_stride=0), ["kv_stride", "0"]),
     (dict(q_stride=-1), ["q_stride", "-1"]),
@@ -177,12 +177,13 @@ def test_mmcv_local_constraint_map_is_ignored():
     m.load_state_dict(state)  # strict
 
 
-@pytest.mark.parametrize("attention_type, kwargs", [
-    ("1111", dict()), ("0110", dict(spatial_range=1)), ("1001", dict(q_stride=2)), ("0010", dict()),
+@pytest.mark.parametrize("attention_type, kwargs, heads", [
+    ("1111", dict(), 2), ("0110", dict(spatial_range=1), 2), ("1001", dict(q_stride=2), 2), ("0010", dict(), 2),
+    ("1111", dict(), 9), ("0110", dict(spatial_range=1), 5),
 ])
-def test_point_attention_matches_oracle(attention_type, kwargs):
+def test_point_attention_matches_oracle(attention_type, kwargs, heads):
     torch.manual_seed(0)
-    m = GeneralizedAttention(16, num_heads=2, attention_type=attention_type, **kwargs).double()
+    m = GeneralizedAttention(16, num_heads=heads, attention_type=attention_type, **kwargs).double()
     x = torch.randn(2, 16, 7, 6, dtype=torch.float64)
     y, x_ = 4, 3
     maps = m.point_attention(x, y, x_)
@@ -195,8 +196,8 @@ def test_point_attention_matches_oracle(attention_type, kwargs):
                   for b in range(4) if attention_type[b] == "1"})
     assert set(maps) == set(terms)
     for key, bits in terms.items():
-        want = torch.softmax(oracle_energy(m, x, bits)[:, :, i], dim=-1).view(2, 2, hk, wk)
-        assert maps[key].shape == (2, 2, hk, wk)
+        want = torch.softmax(oracle_energy(m, x, bits)[:, :, i], dim=-1).view(2, heads, hk, wk)
+        assert maps[key].shape == (2, heads, hk, wk)
         torch.testing.assert_close(maps[key], want, rtol=1e-9, atol=1e-9, msg=lambda s: f"{key}: {s}")
 
 

@@ -21,7 +21,11 @@ the output is ``x + gamma * proj_conv(attention @ values)``, bilinearly resized 
 * bit 4, E4: relative position only (``appr_geom_fc_x/y``, ``geom_bias``).
 
 Parameters carry mmcv's names and shapes and exist only when a term needs them, so MMDetection checkpoints load
-unchanged. Unlike mmcv, every one of the 15 types is exact (mmcv transposes the query map in the E2-without-E4
+unchanged. As in mmcv, ``num_heads`` need not divide ``in_channels``: each head is ``d = in_channels //
+num_heads`` wide, the projections (``query_conv``/``key_conv``/``value_conv``, ``appr_geom_fc_x/y``,
+``appr_bias``, ``geom_bias``) have ``d * num_heads`` outputs, and ``proj_conv`` maps those back to
+``in_channels`` (256 channels with the default 9 heads: 252); only ``num_heads > in_channels`` (a zero-width
+head, on which mmcv crashes) is refused. Unlike mmcv, every one of the 15 types is exact (mmcv transposes the query map in the E2-without-E4
 y term), ``spatial_range`` works for any channel count and map size, and the mask is computed on the fly (mmcv
 stores a ``local_constraint_map`` buffer in the state dict when ``spatial_range >= 0``; no released checkpoint
 uses that setting; such a key is dropped silently on loading).
@@ -64,7 +68,8 @@ class GeneralizedAttention(nn.Module):
     Args:
         in_channels: channels ``C`` of the input map.
         spatial_range: window radius in input pixels; ``-1`` (any negative) for global attention.
-        num_heads: heads ``h``; must divide ``in_channels``.
+        num_heads: heads ``h``, at most ``in_channels``; each is ``in_channels // num_heads`` wide (the
+            projections have ``h * d`` channels, which need not be ``in_channels``).
         position_embedding_dim: ``D``; ``-1`` (any value <= 0) means ``in_channels``. Must be divisible by 4
             when E2 or E4 is on.
         position_magnitude: multiplier of the pixel offsets.
@@ -92,8 +97,9 @@ class GeneralizedAttention(nn.Module):
         if (not isinstance(attention_type, str) or len(attention_type) != 4
                 or set(attention_type) - {"0", "1"} or attention_type == "0000"):
             raise ValueError(f"attention_type must be four '0'/'1' characters, not all '0', got {attention_type!r}")
-        if in_channels % num_heads:
-            raise ValueError(f"in_channels ({in_channels}) must be divisible by num_heads ({num_heads})")
+        if num_heads > in_channels:
+            raise ValueError(f"num_heads ({num_heads}) must not exceed in_channels ({in_channels}): each head "
+                             f"is in_channels // num_heads channels wide")
 
         self.in_channels = in_channels
         self.num_heads = num_heads
