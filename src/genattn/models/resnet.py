@@ -163,10 +163,12 @@ class ResNet(nn.Module):
         self._freeze_stages()
 
     def _check_attention_width(self, channels: int) -> None:
+        # mmcv's rule: heads are channels // num_heads wide, so num_heads need not divide the width but must not
+        # exceed it. Other bad values are left to GeneralizedAttention's own checks, which name the argument.
         cfg = self.attention_cfg or {}
         heads = cfg.get("num_heads", 9)  # GeneralizedAttention's own default
-        if not isinstance(heads, int) or heads < 1 or channels % heads:
-            raise ValueError(f"attention_cfg['num_heads']={heads!r} must divide the attention input width "
+        if isinstance(heads, (int, float)) and not isinstance(heads, bool) and heads > channels:
+            raise ValueError(f"attention_cfg['num_heads']={heads!r} must not exceed the attention input width "
                              f"{channels} ({self.attention_position}) of every attention stage")
 
     def _make_stage(self, inplanes: int, planes: int, blocks: int, *, stride: int, width: int, groups: int,
