@@ -11,9 +11,9 @@ from attention_oracle import oracle_forward
 from genattn.attention import GeneralizedAttention
 from genattn.attention.paths import applicable
 
-ALL_TYPES = ["".join(bits) for bits in itertools.product("01", repeat=4)][1:]
-# E2-without-E4 types (mmcv's bug), a pure-content, a pure-position and a key-only type.
-FEW_TYPES = ["1111", "0100", "1110", "0001", "0010", "1000"]
+ALL_TYPES = ["".join(bits) for bits in itertools.product("01", repeat=4)]  # '0000' too: uniform attention
+# E2-without-E4 types (mmcv's bug), a pure-content, a pure-position, a key-only and the no-term type.
+FEW_TYPES = ["1111", "0100", "1110", "0001", "0010", "1000", "0000"]
 TOL = dict(rtol=1e-9, atol=1e-9)
 
 

@@ -68,7 +68,6 @@ def test_initialisation():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(attention_type="0000"), ["attention_type", "'0000'"]),
     (dict(attention_type="111"), ["attention_type", "'111'"]),
     (dict(attention_type="1121"), ["attention_type", "'1121'"]),
     (dict(attention_type=1111), ["attention_type", "1111"]),
@@ -160,7 +159,8 @@ def test_axis_window_by_hand():
 def test_auto_choice(monkeypatch):
     x = torch.zeros(2, 16, 5, 6)  # 30 queries x 9 keys
     cases = {("0010", -1): "key_only", ("0010", 1): "chunked", ("0001", -1): "separable", ("0001", 2): "separable",
-             ("1111", -1): "chunked", ("0100", 1): "chunked", ("1000", -1): "sdpa", ("1010", -1): "sdpa"}
+             ("1111", -1): "chunked", ("0100", 1): "chunked", ("1000", -1): "sdpa", ("1010", -1): "sdpa",
+             ("0000", -1): "key_only", ("0000", 1): "chunked"}
     for min_pairs, large in ((30 * 9, True), (30 * 9 + 1, False)):  # a map just at / just below the threshold
         monkeypatch.setattr(paths, "CHUNKED_MIN_PAIRS", min_pairs)
         for (attention_type, spatial_range), on_large in cases.items():
@@ -179,7 +179,7 @@ def test_mmcv_local_constraint_map_is_ignored():
 
 @pytest.mark.parametrize("attention_type, kwargs, heads", [
     ("1111", dict(), 2), ("0110", dict(spatial_range=1), 2), ("1001", dict(q_stride=2), 2), ("0010", dict(), 2),
-    ("1111", dict(), 9), ("0110", dict(spatial_range=1), 5),
+    ("1111", dict(), 9), ("0110", dict(spatial_range=1), 5), ("0000", dict(spatial_range=1), 3),
 ])
 def test_point_attention_matches_oracle(attention_type, kwargs, heads):
     torch.manual_seed(0)

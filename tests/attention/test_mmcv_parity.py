@@ -20,7 +20,7 @@ from genattn.attention.paths import applicable
 
 mmcv_attention = pytest.importorskip("mmcv.cnn.bricks.generalized_attention")
 
-ALL_TYPES = ["".join(bits) for bits in itertools.product("01", repeat=4) if "1" in bits]
+ALL_TYPES = ["".join(bits) for bits in itertools.product("01", repeat=4)]  # mmcv runs '0000' too
 MMCV_BROKEN = {"0100", "0110", "1100", "1110"}  # E2 without E4
 
 
@@ -59,7 +59,7 @@ def test_equals_mmcv_where_mmcv_is_right(attention_type, shape, kv_stride, q_str
     _compare(theirs, ours, shape)
 
 
-@pytest.mark.parametrize("attention_type", ["1111", "1011", "0001", "1000"])
+@pytest.mark.parametrize("attention_type", ["1111", "1011", "0001", "1000", "0000"])
 def test_equals_mmcv_spatial_range(attention_type):
     # mmcv builds its window table only for 256 or 512 channels.
     theirs, ours = _pair(attention_type, channels=256, num_heads=8, spatial_range=2, kv_stride=2)

@@ -20,12 +20,15 @@ the output is ``x + gamma * proj_conv(attention @ values)``, bilinearly resized 
 * bit 3, E3: key content only (``key_conv``, ``appr_bias``);
 * bit 4, E4: relative position only (``appr_geom_fc_x/y``, ``geom_bias``).
 
+'0000' (no term: every energy is 0, so each query averages the values of all keys, or of its window) is
+accepted as mmcv accepts it.
+
 Parameters carry mmcv's names and shapes and exist only when a term needs them, so MMDetection checkpoints load
 unchanged. As in mmcv, ``num_heads`` need not divide ``in_channels``: each head is ``d = in_channels //
 num_heads`` wide, the projections (``query_conv``/``key_conv``/``value_conv``, ``appr_geom_fc_x/y``,
 ``appr_bias``, ``geom_bias``) have ``d * num_heads`` outputs, and ``proj_conv`` maps those back to
 ``in_channels`` (256 channels with the default 9 heads: 252); only ``num_heads > in_channels`` (a zero-width
-head, on which mmcv crashes) is refused. Unlike mmcv, every one of the 15 types is exact (mmcv transposes the query map in the E2-without-E4
+head, on which mmcv crashes) is refused. Unlike mmcv, every type is exact (mmcv transposes the query map in the E2-without-E4
 y term), ``spatial_range`` works for any channel count and map size, and the mask is computed on the fly (mmcv
 stores a ``local_constraint_map`` buffer in the state dict when ``spatial_range >= 0``; no released checkpoint
 uses that setting; such a key is dropped silently on loading).
@@ -36,7 +39,7 @@ Computation paths (``impl``; all give the same result, see ``genattn.attention.p
 * ``'chunked'``: flash-style custom autograd over blocks of queries; keeps no scores, recomputes them.
 * ``'sdpa'``: ``scaled_dot_product_attention`` on vectors augmented with the decomposed position/bias terms.
 * ``'flex'``: FlexAttention with a score_mod (CUDA only).
-* ``'key_only'``: '0010' without spatial_range: one context vector per image.
+* ``'key_only'``: '0010' (or '0000') without spatial_range: one context vector per image.
 * ``'separable'``: '0001': the softmax factorises into an x softmax times a y softmax.
 * ``'auto'``: key_only / separable where they apply; otherwise flex on CUDA (with Triton); elsewhere chunked on
   large maps when position terms or a window are on, sdpa otherwise (see ``paths.choose``).
@@ -75,7 +78,7 @@ class GeneralizedAttention(nn.Module):
         position_magnitude: multiplier of the pixel offsets.
         kv_stride: keys/values are the input sampled every ``kv_stride`` rows and columns.
         q_stride: queries likewise; the output is bilinearly resized back.
-        attention_type: four '0'/'1' characters (E1 E2 E3 E4), not all zero.
+        attention_type: four '0'/'1' characters (E1 E2 E3 E4); '0000' is uniform attention.
         impl: computation path, one of ``paths.IMPLS``; settable later as the attribute ``impl``.
     """
 
@@ -95,8 +98,8 @@ class GeneralizedAttention(nn.Module):
                 or not math.isfinite(position_magnitude)):
             raise ValueError(f"position_magnitude must be a finite number, got {position_magnitude!r}")
         if (not isinstance(attention_type, str) or len(attention_type) != 4
-                or set(attention_type) - {"0", "1"} or attention_type == "0000"):
-            raise ValueError(f"attention_type must be four '0'/'1' characters, not all '0', got {attention_type!r}")
+                or set(attention_type) - {"0", "1"}):
+            raise ValueError(f"attention_type must be a string of four '0'/'1' characters, got {attention_type!r}")
         if num_heads > in_channels:
             raise ValueError(f"num_heads ({num_heads}) must not exceed in_channels ({in_channels}): each head "
                              f"is in_channels // num_heads channels wide")
@@ -289,7 +292,7 @@ class GeneralizedAttention(nn.Module):
             ex = torch.einsum("hkd,hd->hk", rx, v.to(rx.dtype))
             ey = torch.einsum("hkd,hd->hk", ry, v.to(ry.dtype))
             energies["E4"] = (ex[:, None, :] + ey[:, :, None]).expand(grid)
-        total = sum(energies.values())
+        total = sum(energies.values(), x.new_zeros(grid))  # '0000': all energies 0, uniform attention
         maps = {"all": total, **energies}
         if t.window_x is not None:
             allowed = t.window_y[qy][:, None] & t.window_x[qx][None, :]  # [hk, wk]
