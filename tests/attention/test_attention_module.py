@@ -69,14 +69,19 @@ def test_initialisation():
 
 @pytest.mark.parametrize("kwargs, words", [
     (dict(attention_type="111"), ["attention_type", "'111'"]),
-    (dict(attention_type="1121"), ["attention_type", "'1121'"]),
+    (dict(attention_type="11110"), ["attention_type", "'11110'"]),  # mmcv ignores the fifth character
+    (dict(attention_type="1121"), ["attention_type", "'1121'"]),  # mmcv reads '2' as '1'
     (dict(attention_type=1111), ["attention_type", "1111"]),
+    (dict(attention_type=[1, 0, 1, 0]), ["attention_type", "[1, 0, 1, 0]"]),  # mmcv takes a list
     (dict(num_heads=17), ["num_heads (17)", "in_channels (16)"]),  # a zero-width head
     (dict(num_heads=0), ["num_heads", "0"]),
+    (dict(num_heads=True), ["num_heads", "True"]),  # mmcv runs it as one head
     (dict(kv_stride=0), ["kv_stride", "0"]),
     (dict(q_stride=-1), ["q_stride", "-1"]),
     (dict(kv_stride=1.5), ["kv_stride", "1.5"]),
     (dict(position_embedding_dim=6), ["position_embedding_dim", "6"]),
+    (dict(position_embedding_dim=16.5, attention_type="1010"), ["position_embedding_dim", "16.5"]),
+    (dict(position_magnitude=float("inf")), ["position_magnitude", "inf"]),
     (dict(position_magnitude=float("nan")), ["position_magnitude", "nan"]),
     (dict(spatial_range=0.5), ["spatial_range", "0.5"]),
     (dict(impl="fast"), ["impl", "'fast'"]),
@@ -93,8 +98,18 @@ def test_bad_arguments(kwargs, words):
 
 def test_embedding_dim_only_checked_with_position_terms():
     GeneralizedAttention(18, num_heads=2, attention_type="1010")  # D = 18 is fine without E2/E4
-    with pytest.raises(ValueError, match="position_embedding_dim"):
+    with pytest.raises(ValueError, match=r"position_embedding_dim .* got 18 \(in_channels\)"):
         GeneralizedAttention(18, num_heads=2, attention_type="1001")
+
+
+def test_integral_floats_and_any_negative_range_are_accepted():
+    """mmcv runs kv_stride=1.0 and spatial_range=-0.5 (its test is only >= 0); integral floats mean their int."""
+    plain = GeneralizedAttention(16, num_heads=2, kv_stride=2, position_embedding_dim=8)
+    floats = GeneralizedAttention(16.0, num_heads=2.0, kv_stride=2.0, q_stride=1.0, spatial_range=-0.5,
+                                  position_embedding_dim=8.0)
+    assert repr(floats) == repr(plain)
+    assert GeneralizedAttention(16, num_heads=2, position_embedding_dim=-1.0).position_embedding_dim == 16
+    assert GeneralizedAttention(16, num_heads=2, spatial_range=3.0).spatial_range == 3
 
 
 @pytest.mark.parametrize("x, words", [

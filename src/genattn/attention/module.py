@@ -28,10 +28,29 @@ unchanged. As in mmcv, ``num_heads`` need not divide ``in_channels``: each head 
 num_heads`` wide, the projections (``query_conv``/``key_conv``/``value_conv``, ``appr_geom_fc_x/y``,
 ``appr_bias``, ``geom_bias``) have ``d * num_heads`` outputs, and ``proj_conv`` maps those back to
 ``in_channels`` (256 channels with the default 9 heads: 252); only ``num_heads > in_channels`` (a zero-width
-head, on which mmcv crashes) is refused. Unlike mmcv, every type is exact (mmcv transposes the query map in the E2-without-E4
-y term), ``spatial_range`` works for any channel count and map size, and the mask is computed on the fly (mmcv
-stores a ``local_constraint_map`` buffer in the state dict when ``spatial_range >= 0``; no released checkpoint
-uses that setting; such a key is dropped silently on loading).
+head, on which mmcv crashes) is refused.
+
+Where the two differ:
+
+* Unlike mmcv, every type is exact (mmcv transposes the query map in the E2-without-E4 y term, which crashes
+  on non-square maps and is wrong on square ones), and ``spatial_range`` works for any channel count, map size,
+  ``q_stride`` and type (mmcv builds its window table only for 256 or 512 channels and maps up to 84 or 42
+  pixels, indexes it by query index rather than pixel with ``q_stride > 1``, and applies the first query's
+  window to all queries in '0010').
+* The mask is computed on the fly: mmcv stores a ``local_constraint_map`` buffer in the state dict when
+  ``spatial_range >= 0``; no released checkpoint uses that setting; such a key is dropped silently on loading.
+* Integer arguments also accept integral floats (``kv_stride=2.0`` means 2; mmcv runs a float stride only when
+  it is 1.0 and crashes on float channel, head or window sizes); ``spatial_range`` takes any negative number
+  for "no window", as mmcv's ``>= 0`` test does.
+* Refused with a ``ValueError`` although mmcv's constructor accepts them: ``kv_stride``/``q_stride`` below 1
+  (mmcv then skips the subsampling but scales the pixel offsets by 0 or a negative stride: wrong positions);
+  a non-finite ``position_magnitude`` (NaN energies); ``position_embedding_dim`` (or ``in_channels``, its
+  default) not divisible by 4 with E2 or E4 on (mmcv's embedding then has ``2 * ceil(D / 4)`` features
+  against its Linear's ``D // 2`` inputs and crashes in forward); a fractional positive
+  ``position_embedding_dim`` even where no position term uses it; booleans for integer arguments
+  (``num_heads=True`` runs as one head in mmcv); and an ``attention_type`` other than a string of exactly
+  four '0'/'1' characters: mmcv reads any sequence with ``bool(int(c))``, so a '2' counts as '1', a fifth
+  character is ignored and a list works, none of which its documented format allows (most likely typos).
 
 Computation paths (``impl``; all give the same result, see ``genattn.attention.paths``):
 
@@ -59,8 +78,17 @@ from genattn.attention.position import axis_window, relative_features
 from genattn.attention.terms import Terms
 
 
+def _is_int(value) -> bool:
+    """An integer or an integral float (``2.0``), not a bool."""
+    if isinstance(value, bool):
+        return False
+    if isinstance(value, numbers.Integral):
+        return True
+    return isinstance(value, numbers.Real) and math.isfinite(value) and float(value).is_integer()
+
+
 def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+    if not _is_int(value) or value < minimum:
         raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
 
@@ -90,10 +118,16 @@ class GeneralizedAttention(nn.Module):
         num_heads = _check_int("num_heads", num_heads, 1)
         self.kv_stride = _check_int("kv_stride", kv_stride, 1)
         self.q_stride = _check_int("q_stride", q_stride, 1)
-        if isinstance(spatial_range, bool) or not isinstance(spatial_range, numbers.Integral):
-            raise ValueError(f"spatial_range must be an integer (-1 for none), got {spatial_range!r}")
-        if isinstance(position_embedding_dim, bool) or not isinstance(position_embedding_dim, numbers.Integral):
-            raise ValueError(f"position_embedding_dim must be an integer, got {position_embedding_dim!r}")
+        negative = (not isinstance(spatial_range, bool) and isinstance(spatial_range, numbers.Real)
+                    and spatial_range < 0)
+        if not negative and not _is_int(spatial_range):
+            raise ValueError(f"spatial_range must be an integer (any negative number for none), "
+                             f"got {spatial_range!r}")
+        non_positive = (not isinstance(position_embedding_dim, bool)
+                        and isinstance(position_embedding_dim, numbers.Real) and position_embedding_dim <= 0)
+        if not non_positive and not _is_int(position_embedding_dim):
+            raise ValueError(f"position_embedding_dim must be an integer (<= 0 for in_channels), "
+                             f"got {position_embedding_dim!r}")
         if (isinstance(position_magnitude, bool) or not isinstance(position_magnitude, numbers.Real)
                 or not math.isfinite(position_magnitude)):
             raise ValueError(f"position_magnitude must be a finite number, got {position_magnitude!r}")
@@ -106,16 +140,16 @@ class GeneralizedAttention(nn.Module):
 
         self.in_channels = in_channels
         self.num_heads = num_heads
-        self.spatial_range = int(spatial_range)
+        self.spatial_range = -1 if negative else int(spatial_range)
         self.position_magnitude = position_magnitude
         self.attention_type = attention_type
-        self.position_embedding_dim = int(position_embedding_dim) if position_embedding_dim > 0 else in_channels
+        self.position_embedding_dim = in_channels if non_positive else int(position_embedding_dim)
         self.qk_embed_dim = self.v_dim = in_channels // num_heads
         e1, e2, e3, e4 = (c == "1" for c in attention_type)
         self.terms_on = (e1, e2, e3, e4)
         if (e2 or e4) and self.position_embedding_dim % 4:
-            raise ValueError(f"position_embedding_dim must be divisible by 4 when E2 or E4 is on, "
-                             f"got {self.position_embedding_dim}")
+            raise ValueError(f"position_embedding_dim must be divisible by 4 when E2 or E4 is on, got "
+                             f"{self.position_embedding_dim}" + (" (in_channels)" if non_positive else ""))
 
         out_c = self.qk_embed_dim * num_heads
         if e1 or e2:
