@@ -11,9 +11,9 @@ from attention_oracle import oracle_forward
 from genattn.attention import GeneralizedAttention
 from genattn.attention.paths import applicable
 
-ALL_TYPES = ["".join(bits) for bits in itertools.product("01", repeat=4)][1:]
-# E2-without-E4 types (mmcv's bug), a pure-content, a pure-position and a key-only type.
-FEW_TYPES = ["1111", "0100", "1110", "0001", "0010", "1000"]
+ALL_TYPES = ["".join(bits) for bits in itertools.product("01", repeat=4)]  # '0000' too: uniform attention
+# E2-without-E4 types (mmcv's bug), a pure-content, a pure-position, a key-only and the no-term type.
+FEW_TYPES = ["1111", "0100", "1110", "0001", "0010", "1000", "0000"]
 TOL = dict(rtol=1e-9, atol=1e-9)
 
 
@@ -58,6 +58,10 @@ VARIATIONS = {
     "magnitude": dict(kwargs=dict(position_magnitude=0.37), size=(6, 5)),
     "embed_dim": dict(kwargs=dict(position_embedding_dim=8, position_magnitude=3), size=(5, 6)),
     "heads4": dict(kwargs=dict(position_embedding_dim=24), heads=4, size=(4, 6)),
+    # num_heads not dividing the 16 channels (mmcv's rule): heads of 16 // h channels, 16 // h * h projected.
+    "heads9_uneven": dict(kwargs=dict(), heads=9, size=(5, 7)),  # mmcv's default heads: 1-channel heads, 9 wide
+    "heads3_window": dict(kwargs=dict(spatial_range=1, kv_stride=1), heads=3, size=(4, 5)),  # 5 x 3 = 15 wide
+    "heads6_q2": dict(kwargs=dict(q_stride=2, kv_stride=2, position_magnitude=2), heads=6, size=(7, 6)),  # 12
 }
 
 

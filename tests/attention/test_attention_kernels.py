@@ -76,13 +76,16 @@ def test_autocast_bfloat16_cpu(attention_type, spatial_range):
 
 
 @CUDA
-@pytest.mark.parametrize("attention_type, spatial_range", [("1111", -1), ("1111", 1), ("0110", 1), ("0010", -1)])
-def test_cuda_paths_match_float64_cpu(attention_type, spatial_range):
+@pytest.mark.parametrize("attention_type, spatial_range, channels, heads", [
+    ("1111", -1, 64, 4), ("1111", 1, 64, 4), ("0110", 1, 64, 4), ("0010", -1, 64, 4),
+    ("1111", 1, 16, 9),  # mmcv's default heads: 1-channel heads, which flex pads to its minimum width
+])
+def test_cuda_paths_match_float64_cpu(attention_type, spatial_range, channels, heads):
     torch.manual_seed(0)
-    m = GeneralizedAttention(64, num_heads=4, attention_type=attention_type, spatial_range=spatial_range)
+    m = GeneralizedAttention(channels, num_heads=heads, attention_type=attention_type, spatial_range=spatial_range)
     with torch.no_grad():
         m.gamma.fill_(1.0)
-    x = torch.randn(2, 64, 12, 10)
+    x = torch.randn(2, channels, 12, 10)
     ref_m = m.double()
     ref = ref_m(x.double())
     m = m.float().cuda()

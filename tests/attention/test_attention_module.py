@@ -68,16 +68,20 @@ def test_initialisation():
 
 
 @pytest.mark.parametrize("kwargs, words", [
-    (dict(attention_type="0000"), ["attention_type", "'0000'"]),
     (dict(attention_type="111"), ["attention_type", "'111'"]),
-    (dict(attention_type="1121"), ["attention_type", "'1121'"]),
+    (dict(attention_type="11110"), ["attention_type", "'11110'"]),  # mmcv ignores the fifth character
+    (dict(attention_type="1121"), ["attention_type", "'1121'"]),  # mmcv reads '2' as '1'
     (dict(attention_type=1111), ["attention_type", "1111"]),
-    (dict(num_heads=3), ["in_channels", "num_heads", "3"]),
+    (dict(attention_type=[1, 0, 1, 0]), ["attention_type", "[1, 0, 1, 0]"]),  # mmcv takes a list
+    (dict(num_heads=17), ["num_heads (17)", "in_channels (16)"]),  # a zero-width head
     (dict(num_heads=0), ["num_heads", "0"]),
+    (dict(num_heads=True), ["num_heads", "True"]),  # mmcv runs it as one head
     (dict(kv_stride=0), ["kv_stride", "0"]),
     (dict(q_stride=-1), ["q_stride", "-1"]),
     (dict(kv_stride=1.5), ["kv_stride", "1.5"]),
     (dict(position_embedding_dim=6), ["position_embedding_dim", "6"]),
+    (dict(position_embedding_dim=16.5, attention_type="1010"), ["position_embedding_dim", "16.5"]),
+    (dict(position_magnitude=float("inf")), ["position_magnitude", "inf"]),
     (dict(position_magnitude=float("nan")), ["position_magnitude", "nan"]),
     (dict(spatial_range=0.5), ["spatial_range", "0.5"]),
     (dict(impl="fast"), ["impl", "'fast'"]),
@@ -94,8 +98,18 @@ def test_bad_arguments(kwargs, words):
 
 def test_embedding_dim_only_checked_with_position_terms():
     GeneralizedAttention(18, num_heads=2, attention_type="1010")  # D = 18 is fine without E2/E4
-    with pytest.raises(ValueError, match="position_embedding_dim"):
+    with pytest.raises(ValueError, match=r"position_embedding_dim .* got 18 \(in_channels\)"):
         GeneralizedAttention(18, num_heads=2, attention_type="1001")
+
+
+def test_integral_floats_and_any_negative_range_are_accepted():
+    """mmcv runs kv_stride=1.0 and spatial_range=-0.5 (its test is only >= 0); integral floats mean their int."""
+    plain = GeneralizedAttention(16, num_heads=2, kv_stride=2, position_embedding_dim=8)
+    floats = GeneralizedAttention(16.0, num_heads=2.0, kv_stride=2.0, q_stride=1.0, spatial_range=-0.5,
+                                  position_embedding_dim=8.0)
+    assert repr(floats) == repr(plain)
+    assert GeneralizedAttention(16, num_heads=2, position_embedding_dim=-1.0).position_embedding_dim == 16
+    assert GeneralizedAttention(16, num_heads=2, spatial_range=3.0).spatial_range == 3
 
 
 @pytest.mark.parametrize("x, words", [
@@ -160,7 +174,8 @@ def test_axis_window_by_hand():
 def test_auto_choice(monkeypatch):
     x = torch.zeros(2, 16, 5, 6)  # 30 queries x 9 keys
     cases = {("0010", -1): "key_only", ("0010", 1): "chunked", ("0001", -1): "separable", ("0001", 2): "separable",
-             ("1111", -1): "chunked", ("0100", 1): "chunked", ("1000", -1): "sdpa", ("1010", -1): "sdpa"}
+             ("1111", -1): "chunked", ("0100", 1): "chunked", ("1000", -1): "sdpa", ("1010", -1): "sdpa",
+             ("0000", -1): "key_only", ("0000", 1): "chunked"}
     for min_pairs, large in ((30 * 9, True), (30 * 9 + 1, False)):  # a map just at / just below the threshold
         monkeypatch.setattr(paths, "CHUNKED_MIN_PAIRS", min_pairs)
         for (attention_type, spatial_range), on_large in cases.items():
@@ -177,12 +192,13 @@ def test_mmcv_local_constraint_map_is_ignored():
     m.load_state_dict(state)  # strict
 
 
-@pytest.mark.parametrize("attention_type, kwargs", [
-    ("1111", dict()), ("0110", dict(spatial_range=1)), ("1001", dict(q_stride=2)), ("0010", dict()),
+@pytest.mark.parametrize("attention_type, kwargs, heads", [
+    ("1111", dict(), 2), ("0110", dict(spatial_range=1), 2), ("1001", dict(q_stride=2), 2), ("0010", dict(), 2),
+    ("1111", dict(), 9), ("0110", dict(spatial_range=1), 5), ("0000", dict(spatial_range=1), 3),
 ])
-def test_point_attention_matches_oracle(attention_type, kwargs):
+def test_point_attention_matches_oracle(attention_type, kwargs, heads):
     torch.manual_seed(0)
-    m = GeneralizedAttention(16, num_heads=2, attention_type=attention_type, **kwargs).double()
+    m = GeneralizedAttention(16, num_heads=heads, attention_type=attention_type, **kwargs).double()
     x = torch.randn(2, 16, 7, 6, dtype=torch.float64)
     y, x_ = 4, 3
     maps = m.point_attention(x, y, x_)
@@ -195,8 +211,8 @@ def test_point_attention_matches_oracle(attention_type, kwargs):
                   for b in range(4) if attention_type[b] == "1"})
     assert set(maps) == set(terms)
     for key, bits in terms.items():
-        want = torch.softmax(oracle_energy(m, x, bits)[:, :, i], dim=-1).view(2, 2, hk, wk)
-        assert maps[key].shape == (2, 2, hk, wk)
+        want = torch.softmax(oracle_energy(m, x, bits)[:, :, i], dim=-1).view(2, heads, hk, wk)
+        assert maps[key].shape == (2, heads, hk, wk)
         torch.testing.assert_close(maps[key], want, rtol=1e-9, atol=1e-9, msg=lambda s: f"{key}: {s}")
 
 

@@ -16,10 +16,11 @@ import pytest
 import torch
 
 from genattn.attention import GeneralizedAttention
+from genattn.attention.paths import applicable
 
 mmcv_attention = pytest.importorskip("mmcv.cnn.bricks.generalized_attention")
 
-ALL_TYPES = ["".join(bits) for bits in itertools.product("01", repeat=4) if "1" in bits]
+ALL_TYPES = ["".join(bits) for bits in itertools.product("01", repeat=4)]  # mmcv runs '0000' too
 MMCV_BROKEN = {"0100", "0110", "1100", "1110"}  # E2 without E4
 
 
@@ -35,16 +36,13 @@ def _pair(attention_type, channels=32, **kwargs):
     return theirs, ours
 
 
-def _compare(theirs, ours, shape, impls=("auto", "materialize", "chunked", "sdpa")):
+def _compare(theirs, ours, shape):
     x = torch.randn(*shape, dtype=torch.float64)
     x_theirs = x.clone().requires_grad_()
     expected = theirs(x_theirs)
     expected.square().sum().backward()
-    for impl in impls:
-        try:
-            ours.impl = impl
-        except ValueError:  # a path that does not apply to this type
-            continue
+    for impl in ["auto", *applicable(ours.attention_type, ours.spatial_range)]:
+        ours.impl = impl
         x_ours = x.clone().requires_grad_()
         out = ours(x_ours)
         torch.testing.assert_close(out, expected, rtol=0, atol=1e-9, msg=f"impl={impl}: output differs")
@@ -61,11 +59,25 @@ def test_equals_mmcv_where_mmcv_is_right(attention_type, shape, kv_stride, q_str
     _compare(theirs, ours, shape)
 
 
-@pytest.mark.parametrize("attention_type", ["1111", "1011", "0001", "1000"])
+@pytest.mark.parametrize("attention_type", ["1111", "1011", "0001", "1000", "0000"])
 def test_equals_mmcv_spatial_range(attention_type):
     # mmcv builds its window table only for 256 or 512 channels.
     theirs, ours = _pair(attention_type, channels=256, num_heads=8, spatial_range=2, kv_stride=2)
     _compare(theirs, ours, (1, 256, 9, 7))
+
+
+@pytest.mark.parametrize("attention_type, channels, heads, kwargs, shape", [
+    ("1111", 16, 9, dict(), (2, 16, 5, 7)),  # mmcv's default heads: 1-channel heads, 9 projected channels
+    ("1111", 256, 9, dict(spatial_range=2), (1, 256, 7, 6)),  # 28-channel heads, 252 projected
+    ("0010", 100, 8, dict(), (2, 100, 5, 6)),  # 12-channel heads, 96 projected
+    ("1011", 20, 3, dict(q_stride=2, kv_stride=1, position_magnitude=3), (1, 20, 5, 4)),  # 18 projected, D = 20
+    ("0001", 16, 9, dict(), (2, 16, 4, 7)),
+    ("1000", 16, 9, dict(kv_stride=1), (1, 16, 3, 5)),
+])
+def test_equals_mmcv_heads_not_dividing_channels(attention_type, channels, heads, kwargs, shape):
+    theirs, ours = _pair(attention_type, channels=channels, num_heads=heads, **kwargs)
+    assert ours.value_conv.out_channels == (channels // heads) * heads != channels
+    _compare(theirs, ours, shape)
 
 
 @pytest.mark.parametrize("attention_type", sorted(MMCV_BROKEN))

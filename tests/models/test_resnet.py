@@ -360,6 +360,20 @@ def test_seed_backbone_key_layout_matches_mmdetection(attention_type, dcn):
     assert not model.layer3[0].gen_attention_block.gamma.any()
 
 
+def test_attention_heads_need_not_divide_the_width():
+    """mmcv's rule: 7 heads on the 64/128-channel attention inputs are 9/18 channels wide, 63/126 projected."""
+    model = tiny(attention_stages=S34, attention_cfg=dict(TINY_ATTN, num_heads=7)).eval()
+    for layer, width, projected in ((model.layer3, 64, 63), (model.layer4, 128, 126)):
+        block = layer[0].gen_attention_block
+        assert (block.value_conv.in_channels, block.value_conv.out_channels) == (width, projected)
+        assert (block.proj_conv.in_channels, block.proj_conv.out_channels) == (projected, width)
+        with torch.no_grad():
+            block.gamma.fill_(0.5)  # let the attention branch act
+    with torch.no_grad():
+        feats = model(torch.randn(1, 3, 48, 40))
+    assert feats[3].shape == (1, 512, 2, 2) and torch.isfinite(feats[3]).all()
+
+
 # --------------------------------------------------------------------------------------------- bad arguments
 @pytest.mark.parametrize("kwargs, name", [
     (dict(layers=(1, 1, 1)), "layers"),
@@ -368,7 +382,7 @@ def test_seed_backbone_key_layout_matches_mmdetection(attention_type, dcn):
     (dict(attention_stages="FFTT"), "attention_stages"),
     (dict(dcn_stages=(False, 2, True, True)), "dcn_stages"),
     (dict(attention_position="after_conv4"), "attention_position"),
-    (dict(attention_stages=S34, attention_cfg=dict(num_heads=7)), "num_heads"),
+    (dict(attention_stages=S34, attention_cfg=dict(num_heads=65)), "num_heads"),  # > 64, the layer3 width
     (dict(attention_stages=S34, attention_cfg=dict(num_heads=2, heads=3)), "attention_cfg"),
     (dict(attention_stages=S34, attention_cfg=dict(in_channels=64)), "attention_cfg"),
     (dict(attention_stages=S34, attention_cfg="1111"), "attention_cfg"),

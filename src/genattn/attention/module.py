@@ -20,11 +20,37 @@ the output is ``x + gamma * proj_conv(attention @ values)``, bilinearly resized 
 * bit 3, E3: key content only (``key_conv``, ``appr_bias``);
 * bit 4, E4: relative position only (``appr_geom_fc_x/y``, ``geom_bias``).
 
+'0000' (no term: every energy is 0, so each query averages the values of all keys, or of its window) is
+accepted as mmcv accepts it.
+
 Parameters carry mmcv's names and shapes and exist only when a term needs them, so MMDetection checkpoints load
-unchanged. Unlike mmcv, every one of the 15 types is exact (mmcv transposes the query map in the E2-without-E4
-y term), ``spatial_range`` works for any channel count and map size, and the mask is computed on the fly (mmcv
-stores a ``local_constraint_map`` buffer in the state dict when ``spatial_range >= 0``; no released checkpoint
-uses that setting; such a key is dropped silently on loading).
+unchanged. As in mmcv, ``num_heads`` need not divide ``in_channels``: each head is ``d = in_channels //
+num_heads`` wide, the projections (``query_conv``/``key_conv``/``value_conv``, ``appr_geom_fc_x/y``,
+``appr_bias``, ``geom_bias``) have ``d * num_heads`` outputs, and ``proj_conv`` maps those back to
+``in_channels`` (256 channels with the default 9 heads: 252); only ``num_heads > in_channels`` (a zero-width
+head, on which mmcv crashes) is refused.
+
+Where the two differ:
+
+* Unlike mmcv, every type is exact (mmcv transposes the query map in the E2-without-E4 y term, which crashes
+  on non-square maps and is wrong on square ones), and ``spatial_range`` works for any channel count, map size,
+  ``q_stride`` and type (mmcv builds its window table only for 256 or 512 channels and maps up to 84 or 42
+  pixels, indexes it by query index rather than pixel with ``q_stride > 1``, and applies the first query's
+  window to all queries in '0010').
+* The mask is computed on the fly: mmcv stores a ``local_constraint_map`` buffer in the state dict when
+  ``spatial_range >= 0``; no released checkpoint uses that setting; such a key is dropped silently on loading.
+* Integer arguments also accept integral floats (``kv_stride=2.0`` means 2; mmcv runs a float stride only when
+  it is 1.0 and crashes on float channel, head or window sizes); ``spatial_range`` takes any negative number
+  for "no window", as mmcv's ``>= 0`` test does.
+* Refused with a ``ValueError`` although mmcv's constructor accepts them: ``kv_stride``/``q_stride`` below 1
+  (mmcv then skips the subsampling but scales the pixel offsets by 0 or a negative stride: wrong positions);
+  a non-finite ``position_magnitude`` (NaN energies); ``position_embedding_dim`` (or ``in_channels``, its
+  default) not divisible by 4 with E2 or E4 on (mmcv's embedding then has ``2 * ceil(D / 4)`` features
+  against its Linear's ``D // 2`` inputs and crashes in forward); a fractional positive
+  ``position_embedding_dim`` even where no position term uses it; booleans for integer arguments
+  (``num_heads=True`` runs as one head in mmcv); and an ``attention_type`` other than a string of exactly
+  four '0'/'1' characters: mmcv reads any sequence with ``bool(int(c))``, so a '2' counts as '1', a fifth
+  character is ignored and a list works, none of which its documented format allows (most likely typos).
 
 Computation paths (``impl``; all give the same result, see ``genattn.attention.paths``):
 
@@ -32,7 +58,7 @@ Computation paths (``impl``; all give the same result, see ``genattn.attention.p
 * ``'chunked'``: flash-style custom autograd over blocks of queries; keeps no scores, recomputes them.
 * ``'sdpa'``: ``scaled_dot_product_attention`` on vectors augmented with the decomposed position/bias terms.
 * ``'flex'``: FlexAttention with a score_mod (CUDA only).
-* ``'key_only'``: '0010' without spatial_range: one context vector per image.
+* ``'key_only'``: '0010' (or '0000') without spatial_range: one context vector per image.
 * ``'separable'``: '0001': the softmax factorises into an x softmax times a y softmax.
 * ``'auto'``: key_only / separable where they apply; otherwise flex on CUDA (with Triton); elsewhere chunked on
   large maps when position terms or a window are on, sdpa otherwise (see ``paths.choose``).
@@ -48,14 +74,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from genattn.attention import paths
+from genattn.attention.config import AttentionConfig, check_int
 from genattn.attention.position import axis_window, relative_features
 from genattn.attention.terms import Terms
-
-
-def _check_int(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class GeneralizedAttention(nn.Module):
@@ -64,13 +85,14 @@ class GeneralizedAttention(nn.Module):
     Args:
         in_channels: channels ``C`` of the input map.
         spatial_range: window radius in input pixels; ``-1`` (any negative) for global attention.
-        num_heads: heads ``h``; must divide ``in_channels``.
+        num_heads: heads ``h``, at most ``in_channels``; each is ``in_channels // num_heads`` wide (the
+            projections have ``h * d`` channels, which need not be ``in_channels``).
         position_embedding_dim: ``D``; ``-1`` (any value <= 0) means ``in_channels``. Must be divisible by 4
             when E2 or E4 is on.
         position_magnitude: multiplier of the pixel offsets.
         kv_stride: keys/values are the input sampled every ``kv_stride`` rows and columns.
         q_stride: queries likewise; the output is bilinearly resized back.
-        attention_type: four '0'/'1' characters (E1 E2 E3 E4), not all zero.
+        attention_type: four '0'/'1' characters (E1 E2 E3 E4); '0000' is uniform attention.
         impl: computation path, one of ``paths.IMPLS``; settable later as the attribute ``impl``.
     """
 
@@ -78,35 +100,29 @@ class GeneralizedAttention(nn.Module):
                  position_embedding_dim: int = -1, position_magnitude: float = 1, kv_stride: int = 2,
                  q_stride: int = 1, attention_type: str = "1111", impl: str = "auto") -> None:
         super().__init__()
-        in_channels = _check_int("in_channels", in_channels, 1)
-        num_heads = _check_int("num_heads", num_heads, 1)
-        self.kv_stride = _check_int("kv_stride", kv_stride, 1)
-        self.q_stride = _check_int("q_stride", q_stride, 1)
-        if isinstance(spatial_range, bool) or not isinstance(spatial_range, numbers.Integral):
-            raise ValueError(f"spatial_range must be an integer (-1 for none), got {spatial_range!r}")
-        if isinstance(position_embedding_dim, bool) or not isinstance(position_embedding_dim, numbers.Integral):
-            raise ValueError(f"position_embedding_dim must be an integer, got {position_embedding_dim!r}")
-        if (isinstance(position_magnitude, bool) or not isinstance(position_magnitude, numbers.Real)
-                or not math.isfinite(position_magnitude)):
-            raise ValueError(f"position_magnitude must be a finite number, got {position_magnitude!r}")
-        if (not isinstance(attention_type, str) or len(attention_type) != 4
-                or set(attention_type) - {"0", "1"} or attention_type == "0000"):
-            raise ValueError(f"attention_type must be four '0'/'1' characters, not all '0', got {attention_type!r}")
-        if in_channels % num_heads:
-            raise ValueError(f"in_channels ({in_channels}) must be divisible by num_heads ({num_heads})")
+        in_channels = check_int("in_channels", in_channels, 1)
+        # The arguments' own checks live with the settings record; only those that need in_channels are here.
+        cfg = AttentionConfig(spatial_range, num_heads, position_embedding_dim, position_magnitude, kv_stride,
+                              q_stride, attention_type, impl)
+        num_heads = cfg.num_heads
+        if num_heads > in_channels:
+            raise ValueError(f"num_heads ({num_heads}) must not exceed in_channels ({in_channels}): each head "
+                             f"is in_channels // num_heads channels wide")
 
         self.in_channels = in_channels
         self.num_heads = num_heads
-        self.spatial_range = int(spatial_range)
-        self.position_magnitude = position_magnitude
-        self.attention_type = attention_type
-        self.position_embedding_dim = int(position_embedding_dim) if position_embedding_dim > 0 else in_channels
+        self.kv_stride, self.q_stride = cfg.kv_stride, cfg.q_stride
+        self.spatial_range = cfg.spatial_range
+        self.position_magnitude = cfg.position_magnitude
+        self.attention_type = cfg.attention_type
+        default_dim = cfg.position_embedding_dim < 0
+        self.position_embedding_dim = in_channels if default_dim else cfg.position_embedding_dim
         self.qk_embed_dim = self.v_dim = in_channels // num_heads
-        e1, e2, e3, e4 = (c == "1" for c in attention_type)
+        e1, e2, e3, e4 = (c == "1" for c in cfg.attention_type)
         self.terms_on = (e1, e2, e3, e4)
         if (e2 or e4) and self.position_embedding_dim % 4:
-            raise ValueError(f"position_embedding_dim must be divisible by 4 when E2 or E4 is on, "
-                             f"got {self.position_embedding_dim}")
+            raise ValueError(f"position_embedding_dim must be divisible by 4 when E2 or E4 is on, got "
+                             f"{self.position_embedding_dim}" + (" (in_channels)" if default_dim else ""))
 
         out_c = self.qk_embed_dim * num_heads
         if e1 or e2:
@@ -283,7 +299,7 @@ class GeneralizedAttention(nn.Module):
             ex = torch.einsum("hkd,hd->hk", rx, v.to(rx.dtype))
             ey = torch.einsum("hkd,hd->hk", ry, v.to(ry.dtype))
             energies["E4"] = (ex[:, None, :] + ey[:, :, None]).expand(grid)
-        total = sum(energies.values())
+        total = sum(energies.values(), x.new_zeros(grid))  # '0000': all energies 0, uniform attention
         maps = {"all": total, **energies}
         if t.window_x is not None:
             allowed = t.window_y[qy][:, None] & t.window_x[qx][None, :]  # [hk, wk]

@@ -158,9 +158,11 @@ class ResNet(nn.Module):
         self._freeze_stages()
 
     def _check_attention_width(self, channels: int) -> None:
+        # mmcv's rule: heads are channels // num_heads wide, so num_heads need not divide the width but must not
+        # exceed it (a zero-width head).
         heads = self.attention_cfg.num_heads
-        if channels % heads:
-            raise ValueError(f"attention_cfg.num_heads={heads} must divide the attention input width "
+        if heads > channels:
+            raise ValueError(f"attention_cfg.num_heads={heads} must not exceed the attention input width "
                              f"{channels} ({self.attention_position}) of every attention stage")
 
     def _make_stage(self, inplanes: int, planes: int, blocks: int, *, stride: int, width: int, groups: int,

@@ -3,11 +3,11 @@
 Every path maps the decomposed terms (``genattn.attention.terms.Terms``) to the attention output
 ``[N, h, Nq, dv]`` (``[N, h, 1, dv]`` for ``key_only``) and gives the same result up to rounding.
 
-``'auto'`` picks ``key_only`` for '0010' without a window, ``separable`` for '0001' and FlexAttention on CUDA
-with Triton. Elsewhere (CPU): ``chunked`` when the position terms or a window widen sdpa's vectors and the map
-is large (at least ``CHUNKED_MIN_PAIRS`` query-key pairs per image and head), ``sdpa`` otherwise (the numbers
-behind this are in ``choose`` and the README's benchmark table). An empty batch takes ``materialize``, which
-handles it trivially.
+``'auto'`` picks ``key_only`` for '0010' (and '0000') without a window, ``separable`` for '0001' and
+FlexAttention on CUDA with Triton. Elsewhere (CPU): ``chunked`` when the position terms or a window widen sdpa's
+vectors and the map is large (at least ``CHUNKED_MIN_PAIRS`` query-key pairs per image and head), ``sdpa``
+otherwise (the numbers behind this are in ``choose`` and the README's benchmark table). An empty batch takes
+``materialize``, which handles it trivially.
 """
 
 from __future__ import annotations
@@ -25,6 +25,8 @@ from genattn.attention.terms import Terms
 CHUNKED_MIN_PAIRS = 1 << 19
 
 IMPLS = ("auto", "materialize", "chunked", "sdpa", "flex", "key_only", "separable")
+# Types whose energy does not depend on the query ('0010': u.k; '0000': 0): one context vector per image.
+KEY_ONLY_TYPES = ("0010", "0000")
 
 _RUN = {
     "materialize": materialize_attention,
@@ -40,8 +42,8 @@ def check_impl(impl: str, attention_type: str, spatial_range: int) -> None:
     """Raise ValueError when ``impl`` is unknown or cannot compute this configuration."""
     if impl not in IMPLS:
         raise ValueError(f"impl must be one of {IMPLS}, got {impl!r}")
-    if impl == "key_only" and (attention_type != "0010" or spatial_range >= 0):
-        raise ValueError(f"impl='key_only' needs attention_type '0010' without spatial_range, got "
+    if impl == "key_only" and (attention_type not in KEY_ONLY_TYPES or spatial_range >= 0):
+        raise ValueError(f"impl='key_only' needs attention_type '0010' or '0000' without spatial_range, got "
                          f"attention_type={attention_type!r}, spatial_range={spatial_range}")
     if impl == "separable" and attention_type != "0001":
         raise ValueError(f"impl='separable' needs attention_type '0001', got {attention_type!r}")
@@ -52,7 +54,7 @@ def applicable(attention_type: str, spatial_range: int, device_type: str = "cpu"
     names = ["materialize", "chunked", "sdpa"]
     if device_type == "cuda":
         names.append("flex")
-    if attention_type == "0010" and spatial_range < 0:
+    if attention_type in KEY_ONLY_TYPES and spatial_range < 0:
         names.append("key_only")
     if attention_type == "0001":
         names.append("separable")
@@ -65,7 +67,7 @@ def choose(impl: str, attention_type: str, spatial_range: int, t: Terms) -> str:
         return impl
     if t.batch == 0:
         return "materialize"
-    if attention_type == "0010" and spatial_range < 0:
+    if attention_type in KEY_ONLY_TYPES and spatial_range < 0:
         return "key_only"
     if attention_type == "0001":
         return "separable"

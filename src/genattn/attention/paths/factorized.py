@@ -2,7 +2,8 @@
 
 * ``'0010'`` (key content only): the energy ``u . k`` does not depend on the query, so every query attends
   alike: one softmax over keys and one context vector per image and head (mmcv takes the same shortcut).
-  A spatial window makes the attention per query again, so this path needs ``spatial_range < 0``.
+  A spatial window makes the attention per query again, so this path needs ``spatial_range < 0``. '0000'
+  (no term, energy 0) is the same with uniform attention: the mean of the values.
 * ``'0001'`` (relative position only): the energy ``bx[qx, kx] + by[qy, ky]`` is a sum of an x part and a
   y part, so ``exp`` factorises and ``softmax = softmax_x(bx) (x) softmax_y(by)``; a per-axis window factorises
   the same way. The output is two small matrix products per head, with no ``[Nq, Nk]`` anything.
@@ -18,9 +19,11 @@ from genattn.attention.terms import Terms
 
 
 def key_only_attention(t: Terms) -> Tensor:
-    """``[N, h, 1, dv]``: the one context vector of each image and head ('0010', no spatial window)."""
-    if t.key_bias is None or t.query is not None or t.bias_x is not None or t.window_x is not None:
-        raise ValueError("impl='key_only' needs attention_type '0010' without spatial_range")
+    """``[N, h, 1, dv]``: the one context vector of each image and head ('0010' or '0000', no spatial window)."""
+    if t.query is not None or t.bias_x is not None or t.window_x is not None:
+        raise ValueError("impl='key_only' needs attention_type '0010' or '0000' without spatial_range")
+    if t.key_bias is None:  # '0000': softmax of zeros, every key weighs 1 / Nk
+        return t.value.mean(dim=-2, keepdim=True)
     attn = torch.softmax(t.key_bias, dim=-1, dtype=stats_dtype(t.key_bias.dtype)).to(t.value.dtype)
     return torch.matmul(attn.unsqueeze(-2), t.value)
 

@@ -42,6 +42,9 @@ def augmented(t: Terms, dtype: torch.dtype | None = None) -> tuple[Tensor, Tenso
     if t.key_bias is not None:
         q_parts.append(torch.ones((n, h, t.nq, 1), dtype=dtype, device=dev))
         k_parts.append(t.key_bias.to(dtype).unsqueeze(-1))
+    if not q_parts and t.bias_x is None and t.window_x is None:  # '0000': energy 0 everywhere
+        q_parts.append(torch.zeros((n, h, t.nq, 1), dtype=dtype, device=dev))
+        k_parts.append(torch.zeros((n, h, t.nk, 1), dtype=dtype, device=dev))
     kj = torch.arange(t.nk, device=dev)
     for bias, window, size, key_index, qi in (
             (t.full_bias_x(), t.window_x, t.wk, kj % t.wk, torch.arange(t.nq, device=dev) % t.wq),
