@@ -101,7 +101,8 @@ def _test(checkpoint, model_name, recipe, data_root, ann_file, img_dir, split, o
     if out_file is None:
         stem = f"{Path(str(checkpoint)).stem}_{split}.bbox.json"
         out_file = Path(checkpoint).parent / stem if not is_url else Path(stem)
-    logger.info("testing %s (%s) on %s: %d images", checkpoint, recipe.model, ann, len(dataset))
+    logger.info("testing %s (%s) on %s: %d images, %d read as stored (annotated without their EXIF orientation)",
+                checkpoint, recipe.model, ann, len(dataset), dataset.stats["exif_orientation_ignored"])
     metrics = evaluate(model, dataset, batch_size=batch_size, num_workers=workers, device=dev, amp=amp,
                        out_file=out_file, progress=progress)
     if metrics.get("per_class"):
