@@ -172,3 +172,19 @@ def test_demo_quick(tmp_path, monkeypatch, capsys):
     for png in (work / "results.png", *(work / "detect").glob("*.png"), work / "attention" / "attention.png"):
         with Image.open(png) as im:
             assert im.format == "PNG"
+
+
+def test_photos_upright_unless_ignore_orientation(tmp_path, capsys):
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64 wide x 48 high, viewed 48 x 64
+    photo = tmp_path / "photo.jpg"
+    Image.new("RGB", (64, 48), (90, 120, 60)).save(photo, exif=exif.tobytes())
+    for flags, size in (([], (48, 64)), (["--ignore-orientation"], (64, 48))):
+        out = tmp_path / f"det{len(flags)}"
+        assert main(["detect", BASE, str(photo), *TINY, "--out", str(out), *flags]) == 0
+        with Image.open(out / "photo_det.png") as im:
+            assert im.size == (size[0] * 8, size[1] * 8)  # small images are drawn 8x
+    line = _one_error_line(capsys, main(["attention", ATT, str(photo), "--point", "60", "5", *TINY]))
+    assert "outside the 48x64 image" in line
+    assert main(["attention", ATT, str(photo), "--point", "60", "5", "--ignore-orientation", *TINY,
+                 "--out", str(tmp_path / "att")]) == 0

@@ -79,3 +79,30 @@ def test_attention_and_detection_pictures(model, tmp_path):
     assert result["json"].exists() and result["images"][0]["png"].exists()
     with Image.open(result["images"][0]["png"]) as im:
         assert im.size[0] >= 80
+
+
+def test_detect_on_an_exif_rotated_photo_equals_the_upright_picture(model, tmp_path):
+    """A phone photo stored sideways with EXIF orientation 6 gives the detections of the same picture stored
+    upright (a lossless PNG of OpenCV's decode, MMDetection's reader), in the upright frame."""
+    import cv2
+
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 64 wide x 48 high, viewed 48 x 64
+    stored = (np.random.default_rng(1).random((48, 64, 3)) * 255).astype(np.uint8)
+    photo = tmp_path / "photo.jpg"
+    Image.fromarray(stored).save(photo, quality=90, exif=exif.tobytes())
+    upright = tmp_path / "upright.png"
+    Image.fromarray(cv2.imread(str(photo), cv2.IMREAD_COLOR)[..., ::-1]).save(upright)
+
+    def detections(path, **kwargs):
+        result = viz.detect_images(model, [path], tmp_path / path.stem, score_thr=0.0, **kwargs)
+        with Image.open(result["images"][0]["png"]) as im:
+            size = im.size
+        return [{k: d[k] for k in ("bbox", "score", "category_id")} for d in result["images"][0]["detections"]], size
+
+    rotated, picture = detections(photo)
+    assert rotated and (rotated, picture) == detections(upright)
+    assert picture == (48 * 8, 64 * 8)  # drawn upright (small images are enlarged 8x)
+    assert max(d["bbox"][0] + d["bbox"][2] for d in rotated) <= 48 + 1e-3
+    as_stored, picture = detections(photo, ignore_orientation=True)
+    assert picture == (64 * 8, 48 * 8) and as_stored != rotated

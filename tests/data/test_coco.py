@@ -15,7 +15,7 @@ def test_item_contract_and_filtering(coco_files):
     # c (no box) and d (20 px) are dropped in training; crowd, sub-pixel and outside boxes are not used.
     assert ds.ids == [1, 2, 5]
     assert ds.stats == dict(images=5, crowd_boxes_ignored=1, small_boxes_dropped=2, images_without_boxes_dropped=1,
-                            small_images_dropped=1, images_kept=3)
+                            small_images_dropped=1, images_kept=3, exif_orientation_ignored=0)
     image, target = ds[0]
     assert image.dtype == torch.uint8 and image.shape == (3, 48, 64) and image.is_contiguous()
     with Image.open(img_dir / "a.png") as im:  # the decoded pixels as they are: the model resizes them exactly
@@ -135,3 +135,47 @@ def test_training_set_without_any_box_is_an_error(coco_files, tmp_path):
     with pytest.raises(ValueError, match="no image has a usable box"):
         CocoDetection(img_dir, empty, train=True)
     assert len(CocoDetection(img_dir, empty, train=False)) == 5
+
+
+def _save_with_orientation(path, pixels: np.ndarray, orientation: int) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    Image.fromarray(pixels).save(path, exif=exif.tobytes())  # PNG: lossless, and OpenCV applies its eXIf tag
+
+
+def test_exif_orientation_upright_unless_annotated_on_the_stored_pixels(tmp_path):
+    red = torch.tensor([220, 40, 40], dtype=torch.uint8)[:, None, None]
+    upright = np.full((48, 64, 3), 128, np.uint8)
+    upright[10:30, 5:40] = red[:, 0, 0].numpy()  # box x 5..40, y 10..30
+    sideways = np.ascontiguousarray(np.rot90(upright))  # stored turned 90 degrees anticlockwise: EXIF tag 6
+    img_dir = tmp_path / "images"
+    img_dir.mkdir()
+    for name in ("upright_ann.png", "stored_ann.png", "wrong_ann.png"):
+        _save_with_orientation(img_dir / name, sideways, 6)
+    images = [{"id": 1, "file_name": "upright_ann.png", "width": 64, "height": 48},
+              {"id": 2, "file_name": "stored_ann.png", "width": 48, "height": 64},  # a tool that ignored the tag
+              {"id": 3, "file_name": "wrong_ann.png", "width": 50, "height": 64}]
+    anns = [{"id": 1, "image_id": 1, "category_id": 1, "bbox": [5, 10, 35, 20]},
+            {"id": 2, "image_id": 2, "category_id": 1, "bbox": [10, 64 - 40, 20, 35]},
+            {"id": 3, "image_id": 3, "category_id": 1, "bbox": [10, 24, 20, 35]}]
+    ann_file = tmp_path / "instances.json"
+    ann_file.write_text(json.dumps({"images": images, "annotations": anns, "categories": [{"id": 1, "name": "r"}]}))
+
+    ds = CocoDetection(img_dir, ann_file, train=True, flip_prob=0.0)
+    assert ds.stats["exif_orientation_ignored"] == 1
+    for index, pixels in ((0, upright), (1, sideways)):
+        image, target = ds[index]
+        assert torch.equal(image, torch.from_numpy(pixels).permute(2, 0, 1))
+        x0, y0, x1, y1 = (int(v) for v in target["boxes"][0])
+        box = torch.zeros(image.shape[1:], dtype=torch.bool)
+        box[y0:y1, x0:x1] = True
+        assert torch.equal((image == red).all(0), box)  # the box covers the red rectangle exactly
+    with pytest.raises(ValueError, match=r"wrong_ann\.png: size 64x48 \(EXIF orientation 6 applied\) does not "
+                                         r"match the annotation's 50x64"):
+        ds[2]
+
+    stored = CocoDetection(img_dir, ann_file, train=False, ignore_orientation=True)
+    assert stored.stats["exif_orientation_ignored"] == 0
+    assert torch.equal(stored[1][0], torch.from_numpy(sideways).permute(2, 0, 1))
+    with pytest.raises(ValueError, match=r"upright_ann\.png: size 48x64 does not match the annotation's 64x48"):
+        stored[0]

@@ -79,6 +79,47 @@ def test_bad_training_images_are_skipped_and_counted_or_stop_the_run(tmp_path):
     assert out["bad_samples"] == 1 and out["iter"] == 2
 
 
+class Recorder(ToyDetector):
+    """Keeps the (image, target) pairs the training loop feeds it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, images, targets=None):
+        if self.training:
+            self.seen += list(zip(images, targets))
+        return super().forward(images, targets)
+
+
+def test_annotations_of_stored_pixels_train_with_their_boxes_and_are_counted(tmp_path, caplog):
+    """A tool that ignored the EXIF tag annotated the stored pixels: those images are read as stored; a file
+    whose pixels are stored sideways and annotated upright is turned upright. Boxes fit their objects."""
+    from PIL import Image
+    root = tmp_path / "data"
+    for split in ("train2017", "val2017"):
+        img_dir, _ = make_coco(root, split, 2, size=(64, 48))
+        exif = Image.Exif()
+        exif[0x0112] = 6  # rotate 90 degrees clockwise to view
+        with Image.open(img_dir / "000001.png") as im:  # tag added, pixels (annotated as they are) unchanged
+            im.convert("RGB").save(img_dir / "000001.png", exif=exif.tobytes())
+        with Image.open(img_dir / "000002.png") as im:  # stored anticlockwise, the annotation is of the upright view
+            im.convert("RGB").transpose(Image.Transpose.ROTATE_90).save(img_dir / "000002.png", exif=exif.tobytes())
+    model = Recorder()
+    with caplog.at_level("INFO", logger="genattn.engine.train"):
+        train(tiny_recipe(epochs=2, eval_interval=0), data_root=root, work_dir=tmp_path / "r", model=model,
+              progress=False)
+    assert "1 images read as stored (annotated without their EXIF orientation)" in caplog.text
+    assert "validation set" in caplog.text and "2 images, 1 read as stored" in caplog.text
+    assert len(model.seen) == 4
+    for image, target in model.seen:  # either image, flipped or not: the boxes cover exactly the coloured pixels
+        assert tuple(image.shape[1:]) == (48, 64)
+        covered = torch.zeros(image.shape[1:], dtype=torch.bool)
+        for x0, y0, x1, y1 in target["boxes"].int().tolist():
+            covered[y0:y1, x0:x1] = True
+        assert torch.equal((image != 128).any(0), covered)
+
+
 class NaNAtSecondIteration(ToyDetector):
     calls = 0
 

@@ -169,6 +169,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
     p.add_argument("--out", default="detections", metavar="DIR", help="output directory (default ./detections)")
     p.add_argument("--score-thr", type=float, default=0.3, help="draw detections above this score (default 0.3)")
+    p.add_argument("--ignore-orientation", action="store_true",
+                   help="use the stored pixels as they are (default: turn photos upright by their EXIF orientation)")
 
     p = add("attention", "PNG heatmaps of where one pixel attends, per block, head and term")
     _add_model_options(p)
@@ -176,6 +178,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--point", type=int, nargs=2, required=True, metavar=("X", "Y"),
                    help="query pixel in image coordinates (x from the left, y from the top)")
     p.add_argument("--out", default="attention", metavar="DIR", help="output directory (default ./attention)")
+    p.add_argument("--ignore-orientation", action="store_true",
+                   help="use the stored pixels as they are (default: turn photos upright by their EXIF orientation)")
 
     p = add("convert", "convert an MMDetection checkpoint to genattn's format")
     p.add_argument("src", metavar="IN", help="MMDetection checkpoint (.pth), any file name")
@@ -296,7 +300,8 @@ def _cmd_detect(args) -> int:
     from genattn.app import pictures
 
     model = _load(args)
-    result = pictures.detect_images(model, [Path(p) for p in args.images], Path(args.out), score_thr=args.score_thr)
+    result = pictures.detect_images(model, [Path(p) for p in args.images], Path(args.out), score_thr=args.score_thr,
+                                    ignore_orientation=args.ignore_orientation)
     print(f"{sum(len(r['detections']) for r in result['images'])} detections in {len(args.images)} image(s); "
           f"wrote {result['json']} and {len(result['images'])} PNG(s) in {args.out}")
     return EXIT_OK
@@ -306,7 +311,8 @@ def _cmd_attention(args) -> int:
     from genattn.app import pictures
 
     model = _load(args)
-    files = pictures.attention_pictures(model, Path(args.image), tuple(args.point), Path(args.out))
+    files = pictures.attention_pictures(model, Path(args.image), tuple(args.point), Path(args.out),
+                                        ignore_orientation=args.ignore_orientation)
     print(f"wrote {len(files)} PNG(s) in {args.out}: " + ", ".join(p.name for p in files))
     return EXIT_OK
 

@@ -25,8 +25,9 @@ _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 1
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
 
 
-def load_image(path: str | Path) -> tuple[Image.Image, torch.Tensor]:
-    """Read an image file as RGB; returns the PIL image and its uint8 tensor [3, H, W].
+def load_image(path: str | Path, *, ignore_orientation: bool = False) -> tuple[Image.Image, torch.Tensor]:
+    """Read an image file as RGB, upright by its EXIF orientation unless ``ignore_orientation``; returns the PIL
+    image and its uint8 tensor [3, H, W] (see :func:`genattn.data.transforms.load_image`).
 
     Raises:
         FileNotFoundError: the file does not exist.
@@ -35,7 +36,7 @@ def load_image(path: str | Path) -> tuple[Image.Image, torch.Tensor]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"image not found: {path}")
-    tensor = load_image_tensor(path)
+    tensor = load_image_tensor(path, ignore_orientation=ignore_orientation)
     return Image.fromarray(tensor.permute(1, 2, 0).contiguous().numpy()), tensor
 
 
@@ -86,16 +87,17 @@ def _class_names(model: torch.nn.Module) -> dict[int, str]:
 
 @torch.inference_mode()
 def detect_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path, *,
-                  score_thr: float = 0.3) -> dict[str, Any]:
+                  score_thr: float = 0.3, ignore_orientation: bool = False) -> dict[str, Any]:
     """Run ``model`` on image files; write ``detections.json`` and ``<stem>_det.png`` per image in ``out_dir``.
 
     Pictures of images smaller than 512 pixels are enlarged by an integer factor. The JSON is a COCO results list (``image_id`` = position in ``paths``, ``file_name``, ``category_id``,
-    ``bbox`` [x, y, w, h], ``score``) holding every detection the model returned.
+    ``bbox`` [x, y, w, h], ``score``) holding every detection the model returned. Images are turned upright by
+    their EXIF orientation (boxes and pictures are in that frame) unless ``ignore_orientation``.
 
     Returns:
         ``{'json': Path, 'images': [{'file', 'png', 'detections': [...]}]}``.
     """
-    loaded = [load_image(p) for p in paths]  # fail on a bad file before any work
+    loaded = [load_image(p, ignore_orientation=ignore_orientation) for p in paths]  # fail on a bad file first
     out_dir.mkdir(parents=True, exist_ok=True)
     device = next(model.parameters()).device
     model.eval()
@@ -277,13 +279,15 @@ def render_attention_summary(image: Image.Image, blocks: list[dict[str, Any]], p
 
 
 def attention_pictures(model: torch.nn.Module, image_path: Path, point: tuple[int, int],
-                       out_dir: Path) -> list[Path]:
+                       out_dir: Path, *, ignore_orientation: bool = False) -> list[Path]:
     """Write ``attention.png`` (all blocks, head means) and ``attention_<block>.png`` (every head) for a point.
+
+    The point is in the upright image (EXIF orientation applied), or in the stored one if ``ignore_orientation``.
 
     Returns:
         The written PNG paths, the summary first.
     """
-    pil, tensor = load_image(image_path)
+    pil, tensor = load_image(image_path, ignore_orientation=ignore_orientation)
     blocks = attention_maps(model, tensor, point)
     out_dir.mkdir(parents=True, exist_ok=True)
     files = [out_dir / "attention.png"]

@@ -4,6 +4,11 @@ Follows MMDetection's ``CocoDataset`` for what reaches the model: crowd boxes ar
 image or are narrower/shorter than 1 pixel are dropped, and in training images without a usable box or smaller
 than 32 pixels are dropped. Labels are the dataset's category ids (e.g. COCO's 1..90); the model maps them to
 its own class indices.
+
+Images are read upright, their EXIF orientation applied as MMDetection's OpenCV decode applies it, and boxes are
+in that frame. An image whose annotation was evidently made on its stored pixels (an annotation tool that
+ignored the tag: the annotation's width and height are the stored ones, which the orientation swaps) is read
+as stored, so that its boxes stay on their objects; such images are counted in ``stats``.
 """
 
 from __future__ import annotations
@@ -14,17 +19,37 @@ import json
 import logging
 import os
 import random
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from pycocotools.coco import COCO
 
-from genattn.data.transforms import hflip, load_image
+from genattn.data.transforms import apply_orientation, hflip, image_header, load_stored_image, swaps_axes
 
-__all__ = ["CocoDetection", "load_coco_json"]
+__all__ = ["CocoDetection", "load_coco_json", "annotated_as_stored"]
 
 logger = logging.getLogger(__name__)
+
+
+#: Threads reading image headers when a dataset is opened (file access, not computation).
+_HEADER_THREADS = 8
+
+
+def annotated_as_stored(stored_size: tuple[int, int], orientation: int, annotated_size: tuple[int, int]) -> bool:
+    """Whether an image's annotation was made on its stored pixels rather than on the upright picture.
+
+    True when the EXIF orientation swaps height and width, the annotation's size equals the stored size and so
+    contradicts the oriented one. Orientations that keep the size (mirror, 180 degrees) and square images give
+    no evidence: they are read upright.
+
+    Args:
+        stored_size: (height, width) of the stored pixels.
+        orientation: the file's EXIF orientation, 1..8.
+        annotated_size: (height, width) from the annotation file.
+    """
+    return swaps_axes(orientation) and stored_size[0] != stored_size[1] and tuple(stored_size) == tuple(annotated_size)
 
 
 def _fail(ann_file: Path, reason: str) -> ValueError:
@@ -129,16 +154,20 @@ class CocoDetection(torch.utils.data.Dataset):
         bad_sample: what a missing or corrupt image does: ``'raise'`` a ValueError naming the file, or
             ``'skip'``: the item is replaced by the next readable one and ``target['skipped']`` lists the
             messages of the images passed over (the training loop counts them).
+        ignore_orientation: read every image as stored, ignoring EXIF orientation tags (for annotations made
+            on the stored pixels of square or mirrored images, which :func:`annotated_as_stored` cannot tell).
 
     Attributes:
         category_ids: the category ids, sorted. class_names: their names, same order.
         coco: the pycocotools ``COCO`` object. ids: the image ids kept, in item order.
-        stats: counts of what was dropped or ignored while reading the annotations.
+        stats: counts of what was dropped or ignored while reading the annotations, and
+            ``exif_orientation_ignored``: kept images read as stored because their annotation fits the stored
+            pixels and not the upright ones (found from the image headers when the dataset is opened).
     """
 
     def __init__(self, img_dir: str | os.PathLike, ann_file: str | os.PathLike, *, train: bool,
                  flip_prob: float | None = None, seed: int = 0, min_image_size: int = 32,
-                 bad_sample: str = "raise") -> None:
+                 bad_sample: str = "raise", ignore_orientation: bool = False) -> None:
         if bad_sample not in ("raise", "skip"):
             raise ValueError(f"bad_sample must be 'raise' or 'skip', got {bad_sample!r}")
         flip_prob = (0.5 if train else 0.0) if flip_prob is None else float(flip_prob)
@@ -151,6 +180,7 @@ class CocoDetection(torch.utils.data.Dataset):
         self.ann_file = Path(ann_file)
         self.coco = load_coco_json(self.ann_file, require_annotations=train)
         self.train, self.flip_prob, self.seed, self.bad_sample = train, flip_prob, seed, bad_sample
+        self.ignore_orientation = bool(ignore_orientation)
         self.epoch = 0
         self.category_ids = tuple(sorted(self.coco.cats))
         self.class_names = tuple(str(self.coco.cats[c]["name"]) for c in self.category_ids)
@@ -171,10 +201,27 @@ class CocoDetection(torch.utils.data.Dataset):
             self.ids.append(img_id)
             self._boxes[img_id] = (boxes, labels)
         stats["images_kept"] = len(self.ids)
+        stats["exif_orientation_ignored"] = 0 if self.ignore_orientation else self._count_annotated_as_stored()
         self.stats = stats
         if train and not self.ids:
             raise ValueError(f"annotation file {self.ann_file}: no image has a usable box")
         logger.debug("%s: %s", self.ann_file, stats)
+
+    def _count_annotated_as_stored(self) -> int:
+        """How many kept images :func:`annotated_as_stored` reads as stored, from their headers. Unreadable files
+        are not counted here: reading their pixels reports them (or skips them)."""
+        def stored(img_id: int) -> bool:
+            info = self.coco.imgs[img_id]
+            try:
+                height, width, orientation = image_header(self.img_dir / info["file_name"])
+            except ValueError:
+                return False
+            return annotated_as_stored((height, width), orientation, (info["height"], info["width"]))
+
+        if not self.ids:
+            return 0
+        with ThreadPoolExecutor(max_workers=min(_HEADER_THREADS, len(self.ids))) as pool:
+            return sum(pool.map(stored, self.ids))
 
     @staticmethod
     def _parse(info: dict[str, Any], anns: list[dict[str, Any]], stats: dict[str, int]):
@@ -213,9 +260,14 @@ class CocoDetection(torch.utils.data.Dataset):
         img_id = self.ids[index]
         info = self.coco.imgs[img_id]
         path = self.img_dir / info["file_name"]
-        image = load_image(path)
-        if tuple(image.shape[1:]) != (info["height"], info["width"]):
-            raise ValueError(f"image {path}: size {image.shape[2]}x{image.shape[1]} does not match the "
+        image, orientation = load_stored_image(path)
+        annotated = (info["height"], info["width"])
+        upright = not (self.ignore_orientation or annotated_as_stored(tuple(image.shape[1:]), orientation, annotated))
+        if upright and orientation != 1:
+            image = apply_orientation(image, orientation)
+        if tuple(image.shape[1:]) != annotated:
+            frame = f" (EXIF orientation {orientation} applied)" if upright and orientation != 1 else ""
+            raise ValueError(f"image {path}: size {image.shape[2]}x{image.shape[1]}{frame} does not match the "
                              f"annotation's {info['width']}x{info['height']}")
         boxes, labels = self._boxes[img_id]
         target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),

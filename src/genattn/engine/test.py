@@ -63,7 +63,9 @@ def test(checkpoint: str | os.PathLike, *, model: str | ModelConfig | None = Non
             if out_file is None:
                 stem = f"{Path(str(checkpoint)).stem}_{split}.bbox.json"
                 out_file = Path(checkpoint).parent / stem if not is_url(checkpoint) else Path(stem)
-            logger.info("testing %s (%s) on %s: %d images", checkpoint, config.name, ann, len(dataset))
+            logger.info("testing %s (%s) on %s: %d images, %d read as stored (annotated without their EXIF "
+                        "orientation)", checkpoint, config.name, ann, len(dataset),
+                        dataset.stats["exif_orientation_ignored"])
             metrics = evaluate(net, dataset, batch_size=batch_size, num_workers=workers, device=dev, amp=amp,
                                out_file=out_file, progress=progress)
             if metrics.get("per_class"):

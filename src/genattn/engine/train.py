@@ -155,16 +155,18 @@ def _datasets(recipe: Recipe, files: DataFiles) -> tuple[CocoDetection, CocoDete
                              bad_sample="skip")
     s = train_ds.stats
     logger.info("training set %s: %d images, %d kept (%d without usable boxes and %d smaller than 32 px "
-                "dropped), %d crowd boxes ignored, %d boxes under 1 px or outside the image dropped", ann,
-                s["images"], s["images_kept"], s["images_without_boxes_dropped"], s["small_images_dropped"],
-                s["crowd_boxes_ignored"], s["small_boxes_dropped"])
+                "dropped), %d crowd boxes ignored, %d boxes under 1 px or outside the image dropped, %d images "
+                "read as stored (annotated without their EXIF orientation)", ann, s["images"], s["images_kept"],
+                s["images_without_boxes_dropped"], s["small_images_dropped"], s["crowd_boxes_ignored"],
+                s["small_boxes_dropped"], s["exif_orientation_ignored"])
     val_ds = None
     if recipe.eval_interval >= 0 and (files.root is not None or files.val_ann is not None):
         img_dir, ann = coco_paths(files.root, recipe.val_split, ann_file=files.val_ann, img_dir=files.val_images)
         val_ds = CocoDetection(img_dir, ann, train=False)
         if tuple(val_ds.category_ids) != tuple(train_ds.category_ids):
             raise ValueError(f"annotation file {ann}: categories differ from the training set's ({train_ds.ann_file})")
-        logger.info("validation set %s: %d images", ann, len(val_ds))
+        logger.info("validation set %s: %d images, %d read as stored (annotated without their EXIF orientation)",
+                    ann, len(val_ds), val_ds.stats["exif_orientation_ignored"])
     return train_ds, val_ds
 
 
