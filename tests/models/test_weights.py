@@ -140,3 +140,17 @@ def test_renamed_mmdet_files_are_identified_by_their_config(tmp_path, name, layo
     with pytest.raises(ValueError, match=f"latest.pth holds {name} \\(from its config\\), not {other}"):
         convert_file(path, tmp_path / "refused.pth", model=other)
     assert not (tmp_path / "refused.pth").exists()
+
+
+def test_a_config_holding_code_is_read_not_run(tmp_path):
+    config, model = _tiny()
+    marker = tmp_path / "pwned"
+    code = f"__import__('os').system('touch {marker}')"
+    text = f"{code}\n" + config_v2("0010", False).replace("pretrained='torchvision://resnet50'", f"pretrained={code}")
+    path = write_mmdet(tmp_path / "latest.pth", model.state_dict(), config=text)
+    assert read_checkpoint(path).config == ModelConfig.from_name(ATT)  # identified from the literals around the code
+    bad = write_mmdet(tmp_path / "bad.pth", model.state_dict(),
+                      config=config_v2("0010", False).replace("'0010'", code))
+    with pytest.raises(ValueError, match=r"bad\.pth: its config describes a model genattn does not build"):
+        convert_file(bad, tmp_path / "out.pth", changes=TINY)
+    assert not marker.exists()
