@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from cli_checks import one_error_line
 from genattn.app.cli import main
 from genattn.data.synthetic import ensure_shapes_dataset
 
@@ -22,13 +23,6 @@ TINY = ["--backbone", '{"layers": [1, 1, 1, 1], "base_width": 8, "stem_width": 8
 TRAIN = ["--tiny", "--max-iters", "2", "--batch-size", "2", *TINY, "log_interval=1", "warmup_iters=1"]
 
 
-
-def _one_error_line(capsys, code, status=2):
-    err = capsys.readouterr().err
-    assert code == status, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -76,17 +70,17 @@ def test_every_subcommand_has_help(command, capsys):
     (["bench", BASE, "--impl", "fast"], "invalid choice: 'fast'"),
 ])
 def test_usage_and_input_errors_exit_2_with_one_line(argv, message, capsys):
-    line = _one_error_line(capsys, main(argv))
+    line = one_error_line(capsys, main(argv))
     assert line.startswith("genattn") and message in line
 
 
 def test_bad_point_and_corrupt_checkpoint(shapes, tmp_path, capsys):
     image = str(shapes.val_images / "000000000001.jpg")
-    line = _one_error_line(capsys, main(["attention", ATT, image, "--point", "64", "3", *TINY]))
+    line = one_error_line(capsys, main(["attention", ATT, image, "--point", "64", "3", *TINY]))
     assert "outside the 64x64 image" in line
     bad = tmp_path / "bad.pth"
     bad.write_bytes(b"\x00garbage")
-    line = _one_error_line(capsys, main(["detect", ATT, image, "--checkpoint", str(bad), *TINY]))
+    line = one_error_line(capsys, main(["detect", ATT, image, "--checkpoint", str(bad), *TINY]))
     assert "bad.pth" in line and "corrupt" in line
 
 
@@ -141,7 +135,7 @@ def test_convert_round_trip(shapes, tmp_path, capsys):
     image = str(shapes.val_images / "000000000001.jpg")
     assert main(["detect", ATT, image, "--checkpoint", str(tmp_path / "ours.pth"), "--out", str(tmp_path)]) == 0
     # The converted file says which model it holds: another name is refused in one line, naming both.
-    line = _one_error_line(capsys, main(["detect", BASE, image, "--checkpoint", str(tmp_path / "ours.pth")]))
+    line = one_error_line(capsys, main(["detect", BASE, image, "--checkpoint", str(tmp_path / "ours.pth")]))
     assert f"holds {ATT} (from its config), not {BASE}" in line
 
 
@@ -184,7 +178,7 @@ def test_photos_upright_unless_ignore_orientation(tmp_path, capsys):
         assert main(["detect", BASE, str(photo), *TINY, "--out", str(out), *flags]) == 0
         with Image.open(out / "photo_det.png") as im:
             assert im.size == (size[0] * 8, size[1] * 8)  # small images are drawn 8x
-    line = _one_error_line(capsys, main(["attention", ATT, str(photo), "--point", "60", "5", *TINY]))
+    line = one_error_line(capsys, main(["attention", ATT, str(photo), "--point", "60", "5", *TINY]))
     assert "outside the 48x64 image" in line
     assert main(["attention", ATT, str(photo), "--point", "60", "5", "--ignore-orientation", *TINY,
                  "--out", str(tmp_path / "att")]) == 0

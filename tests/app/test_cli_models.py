@@ -8,6 +8,7 @@ import json
 import pytest
 import torch
 
+from cli_checks import one_error_line
 from genattn.app.cli import main
 from genattn.attention import AttentionConfig
 from genattn.data.synthetic import ensure_shapes_dataset
@@ -23,13 +24,6 @@ def _mmdet_layout(state):
 
     return {re.sub(r"^neck\.(lateral_convs|fpn_convs)\.(\d+)\.", r"neck.\1.\2.conv.", k): v for k, v in state.items()}
 
-
-def _one_error_line(capsys, code):
-    err = capsys.readouterr().err
-    assert code == 2, err
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and "Traceback" not in err, err
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -80,7 +74,7 @@ def test_one_attention_setting_changes_and_the_rest_stays(shapes, tmp_path, how,
                                                         "integer, got 'two'"),
 ])
 def test_bad_settings_are_one_line_errors(shapes, argv, message, capsys):
-    line = _one_error_line(capsys, main(["train", "faster_rcnn_r50_fpn_attention_0010_1x_coco", "--data",
+    line = one_error_line(capsys, main(["train", "faster_rcnn_r50_fpn_attention_0010_1x_coco", "--data",
                                          str(shapes.root), "--tiny", "--max-iters", "1", *argv]))
     assert message in line
 
@@ -100,7 +94,7 @@ def test_every_zoo_model_converts_from_its_released_file_name(name, tmp_path, ca
     # --model may repeat the file's model, not contradict it
     assert main(["convert", str(released), str(tmp_path / "out2.pth"), "--model", name, *TINY]) == 0
     other = "faster_rcnn_r50_fpn_attention_0100_1x_coco"
-    line = _one_error_line(capsys, main(["convert", str(released), str(tmp_path / "out3.pth"), "--model", other,
+    line = one_error_line(capsys, main(["convert", str(released), str(tmp_path / "out3.pth"), "--model", other,
                                          *TINY]))
     assert f"holds {name} (from its file name), not {other}" in line
 
@@ -109,6 +103,6 @@ def test_impl_flag_sets_every_block(shapes, tmp_path, capsys):
     image = str(shapes.val_images / "000000000001.jpg")
     assert main(["detect", "faster_rcnn_r50_fpn_attention_1111_1x_coco", image, "--impl", "materialize",
                  "--out", str(tmp_path), *TINY]) == 0
-    line = _one_error_line(capsys, main(["detect", "faster_rcnn_r50_fpn_attention_1111_1x_coco", image,
+    line = one_error_line(capsys, main(["detect", "faster_rcnn_r50_fpn_attention_1111_1x_coco", image,
                                          "--impl", "separable", *TINY]))
     assert "impl='separable' needs attention_type '0001'" in line
