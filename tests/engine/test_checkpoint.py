@@ -56,3 +56,15 @@ def test_unreadable_or_foreign_checkpoints_give_one_line(tmp_path):
     torch.save({"state_dict": {"backbone.conv1.weight": torch.zeros(1)}}, tmp_path / "weights.pth")
     with pytest.raises(ValueError, match=r"weights\.pth: not a genattn training checkpoint"):
         ck.load_training_checkpoint(tmp_path / "weights.pth")
+
+
+def test_pruning_keeps_the_newest_mid_epoch_checkpoints_and_every_epoch_checkpoint(tmp_path):
+    names = ["epoch_1.pth", "iter_2.pth", "iter_10.pth", "iter_30.pth", "iter_40.pth", "iter_7.pth.tmp", "iter_x.pth"]
+    for name in names:
+        (tmp_path / name).write_bytes(b"")
+    # iter_40 is from a run later resumed from an earlier checkpoint: not older than the one just written (30).
+    assert ck.prune_iter_checkpoints(tmp_path, keep=-1, newest=30) == []
+    assert sorted(p.name for p in ck.prune_iter_checkpoints(tmp_path, keep=2, newest=30)) == ["iter_2.pth"]
+    assert ck.prune_iter_checkpoints(tmp_path, keep=1, newest=30) == [tmp_path / "iter_10.pth"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["epoch_1.pth", "iter_30.pth", "iter_40.pth",
+                                                          "iter_7.pth.tmp", "iter_x.pth"]

@@ -44,6 +44,12 @@ def test_json_round_trip_and_frozen(tmp_path):
         Recipe.from_dict(data)
 
 
+def test_checkpoint_intervals_are_off_by_default_and_set_from_the_command_line():
+    assert (Recipe().checkpoint_interval_iters, Recipe().checkpoint_interval_minutes) == (0, 0)
+    r = get_recipe(ATT, "checkpoint_interval_iters=1000", "checkpoint_interval_minutes=30", "keep_iter_checkpoints=-1")
+    assert (r.checkpoint_interval_iters, r.checkpoint_interval_minutes, r.keep_iter_checkpoints) == (1000, 30.0, -1)
+
+
 def test_overrides_merge_deeply_and_change_one_leaf():
     r = get_recipe(ATT)
     changed = r.replace("backbone.attention_cfg.impl=chunked", "epochs=2", "lr_steps=[1]", "amp=fp16",
@@ -90,7 +96,9 @@ def test_genattn_0_1_recipes_are_read():
 @pytest.mark.parametrize("change, message", [
     (dict(amp="fp8"), "amp must be one of"), (dict(epochs=0), "epochs"), (dict(imgs_per_gpu=0), "imgs_per_gpu"),
     (dict(nonfinite_loss="ignore"), "nonfinite_loss"), (dict(flip_prob=2.0), "flip_prob"), (dict(device="tpu"), "device"),
-    (dict(grad_clip_norm=0), "grad_clip"),
+    (dict(grad_clip_norm=0), "grad_clip"), (dict(checkpoint_interval_iters=-1), "checkpoint_interval_iters"),
+    (dict(checkpoint_interval_minutes=-5), "checkpoint_interval_iters and checkpoint_interval_minutes must be >= 0"),
+    (dict(keep_iter_checkpoints=0), r"keep_iter_checkpoints must be >= 1 or -1 \(keep all\), got 0"),
 ])
 def test_bad_values(change, message):
     with pytest.raises(ValueError, match="recipe: " + message):

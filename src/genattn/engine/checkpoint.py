@@ -7,18 +7,22 @@ Python values)::
 
     {'format': 'genattn-checkpoint-v2', 'model': state_dict, 'config': ModelConfig, 'classes': {...},
      'optimizer': ..., 'scheduler': ..., 'scaler': ..., 'epoch': completed epochs, 'iter': completed
-     iterations, 'iter_in_epoch': iterations done in the current epoch (0 at an epoch boundary),
+     iterations, 'iter_in_epoch': iterations done in the current epoch (0 at an epoch boundary; the batches
+     to skip when resuming), 'bad_samples', 'nonfinite_skipped': counts so far,
      'recipe': Recipe.to_dict(), 'meta': {'world_size', 'iters_per_epoch', 'total_batch'},
      'rng': [per-rank RNG states], 'metrics': last evaluation or None}
 
 Files are written to ``NAME.tmp`` and renamed over ``NAME`` only when complete, so an interrupted write never
 leaves a half checkpoint; ``last_checkpoint`` (a one-line text file, written the same way) names the newest.
+A run directory holds epoch checkpoints ``epoch_N.pth`` (N completed epochs) and mid-epoch checkpoints
+``iter_N.pth`` (N completed iterations), of which :func:`prune_iter_checkpoints` keeps the newest few.
 """
 
 from __future__ import annotations
 
 import os
 import random
+import re
 from pathlib import Path
 from typing import Any
 
@@ -27,10 +31,12 @@ import torch
 
 from genattn.models.weights import atomic_save, atomic_write_text, read_checkpoint
 
-__all__ = ["save_checkpoint", "load_training_checkpoint", "find_latest", "rng_state", "set_rng_state"]
+__all__ = ["save_checkpoint", "load_training_checkpoint", "find_latest", "prune_iter_checkpoints", "rng_state",
+           "set_rng_state"]
 
 _TRAINING_KEYS = ("optimizer", "scheduler", "scaler", "epoch", "iter", "iter_in_epoch", "recipe", "rng")
 _LAST = "last_checkpoint"
+_ITER_FILE = re.compile(r"^iter_(\d+)\.pth$")
 
 
 def rng_state() -> dict[str, Any]:
@@ -90,3 +96,31 @@ def find_latest(work_dir: str | os.PathLike) -> Path | None:
             return candidate
     found = sorted(work_dir.glob("*.pth"), key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
+
+
+def prune_iter_checkpoints(work_dir: str | os.PathLike, keep: int, newest: int) -> list[Path]:
+    """Delete the mid-epoch checkpoints ``iter_N.pth`` of a run directory but the ``keep`` newest.
+
+    Only files with ``N <= newest`` (the iteration just saved) are considered: those of a later iteration are
+    left from a run that was resumed from an earlier checkpoint, not older ones. Epoch checkpoints are never
+    touched.
+
+    Args:
+        work_dir: the run directory.
+        keep: how many to keep; -1 keeps all.
+        newest: the iteration of the checkpoint just written.
+
+    Returns:
+        The files deleted.
+    """
+    if keep < 0:
+        return []
+    found = []
+    for path in Path(work_dir).glob("iter_*.pth"):
+        match = _ITER_FILE.match(path.name)
+        if match and int(match.group(1)) <= newest:
+            found.append((int(match.group(1)), path))
+    doomed = [path for _, path in sorted(found)[:max(len(found) - keep, 0)]]
+    for path in doomed:
+        path.unlink(missing_ok=True)
+    return doomed

@@ -60,6 +60,12 @@ class Recipe(ModelConfig):
         seed: seed of model initialisation, data order, flips and sampling.
         eval_interval: evaluate every this many epochs (and at the end); 0 only at the end; -1 never.
         checkpoint_interval: save a checkpoint every this many epochs (the last one is always saved).
+        checkpoint_interval_iters: also save a mid-epoch checkpoint ``iter_N.pth`` every this many iterations
+            (N counted over the whole run); 0 (the default, as MMDetection) saves at epoch ends only.
+        checkpoint_interval_minutes: also save a mid-epoch checkpoint when this many minutes have passed since
+            the last checkpoint (or the start), for slots of known length; 0 is off.
+        keep_iter_checkpoints: how many of the newest ``iter_N.pth`` files to keep (older ones are deleted when
+            a new one is written; -1 keeps all). Epoch checkpoints are never deleted.
         log_interval: iterations between log lines.
         max_bad_samples: unreadable training images tolerated (skipped and counted) before the run stops;
             0 stops at the first.
@@ -91,6 +97,9 @@ class Recipe(ModelConfig):
     seed: int = 0
     eval_interval: int = 1
     checkpoint_interval: int = 1
+    checkpoint_interval_iters: int = 0
+    checkpoint_interval_minutes: float = 0.0
+    keep_iter_checkpoints: int = 1
     log_interval: int = 50
     max_bad_samples: int = 100
     nonfinite_loss: str = "raise"
@@ -117,6 +126,10 @@ class Recipe(ModelConfig):
                                                                     "warmup_iters >= 0"),
             (self.workers >= 0 and self.log_interval >= 1 and self.checkpoint_interval >= 1,
              "workers must be >= 0, log_interval and checkpoint_interval >= 1"),
+            (self.checkpoint_interval_iters >= 0 and self.checkpoint_interval_minutes >= 0,
+             "checkpoint_interval_iters and checkpoint_interval_minutes must be >= 0 (0 is off)"),
+            (self.keep_iter_checkpoints >= 1 or self.keep_iter_checkpoints == -1,
+             f"keep_iter_checkpoints must be >= 1 or -1 (keep all), got {self.keep_iter_checkpoints}"),
             (self.grad_clip_norm is None or self.grad_clip_norm > 0, "grad_clip_norm must be > 0 or None"),
             (0 <= self.flip_prob <= 1, f"flip_prob must be in [0, 1], got {self.flip_prob}"),
             (self.max_bad_samples >= 0, f"max_bad_samples must be >= 0, got {self.max_bad_samples}"),
