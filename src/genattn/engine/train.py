@@ -1,9 +1,13 @@
 """The training loop: one code path for one process and for ``torchrun`` (DDP), MMDetection's 1x schedule.
 
 Per iteration: set the learning rate (warmup, steps), forward under optional autocast, check the loss is finite
-on every rank, backward (through a GradScaler for fp16), SGD step. Per epoch: checkpoint, evaluate. Resuming
-restores model, optimizer, scheduler, scaler, counters and every rank's RNG states, and the sampler skips the
-batches already done, so an interrupted run ends with the same weights as an uninterrupted one.
+on every rank, backward (through a GradScaler for fp16), SGD step; a mid-epoch checkpoint when one is due
+(:class:`~genattn.engine.preemption.CheckpointPolicy`). Per epoch: checkpoint, evaluate. On SIGTERM: a checkpoint
+at the next iteration boundary, then :class:`~genattn.engine.preemption.Preempted` is raised.
+
+Resuming restores model, optimizer, scheduler, scaler, counters and every rank's RNG states, and the sampler skips
+the batches already done (flips depend on (seed, epoch, image) only), so a run resumed from any checkpoint,
+mid-epoch or not, ends with the same weights as an uninterrupted one, whatever the number of loader workers.
 """
 
 from __future__ import annotations
@@ -23,9 +27,11 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from genattn.data import CocoDetection, GroupedBatchSampler, collate
 from genattn.engine import distributed as du
 from genattn.engine.build import check_categories, coco_paths, dataset_classes, seed_everything
-from genattn.engine.checkpoint import find_latest, load_training_checkpoint, rng_state, save_checkpoint, set_rng_state
+from genattn.engine.checkpoint import (find_latest, load_training_checkpoint, prune_iter_checkpoints, rng_state,
+                                       save_checkpoint, set_rng_state)
 from genattn.engine.evaluate import autocast, evaluate, format_metrics, unwrap_loader_error
 from genattn.engine.logger import VAL_KEYS, JsonLogger, memory_mb
+from genattn.engine.preemption import CheckpointPolicy, Preempted, ignore_stop_signals
 from genattn.engine.recipes import Recipe
 from genattn.engine.runlog import run_logging
 from genattn.engine.schedule import WarmupMultiStepLR
@@ -87,6 +93,7 @@ class _Run:
     state: TrainState
     train_ds: CocoDetection
     sampler: GroupedBatchSampler
+    policy: CheckpointPolicy
     log: JsonLogger | None = None
     bar: Any = None
 
@@ -107,10 +114,11 @@ def train(recipe: Recipe, *, data_root: str | os.PathLike | None = None,
         recipe: what to train and how.
         data_root, train_ann, train_images, val_ann, val_images: the data.
         work_dir: run directory (default ``work_dirs/<model name>``): recipe.json, log.json, train.log,
-            checkpoints ``epoch_N.pth`` (and ``iter_N.pth`` when ``max_iters`` stops mid-epoch),
-            ``last_checkpoint``, detections ``epoch_N.bbox.json``.
+            checkpoints ``epoch_N.pth`` and ``iter_N.pth`` (mid-epoch: every ``checkpoint_interval_iters``, on
+            SIGTERM, when ``max_iters`` stops mid-epoch), ``last_checkpoint``, detections ``epoch_N.bbox.json``.
         resume: checkpoint to continue from.
-        auto_resume: continue from the run directory's latest checkpoint if there is one (``resume`` wins).
+        auto_resume: continue from the run directory's latest checkpoint (mid-epoch or epoch) if there is one
+            (``resume`` wins).
         model: use this detector instead of building the recipe's (it must follow genattn's detector call
             convention); the recipe still sets everything else.
         progress: show a progress bar (rank 0).
@@ -122,6 +130,8 @@ def train(recipe: Recipe, *, data_root: str | os.PathLike | None = None,
     Raises:
         ValueError: bad input (data, annotations, too many unreadable images), naming the file and the reason.
         FloatingPointError: a non-finite loss with ``recipe.nonfinite_loss == 'raise'``, naming the iteration.
+        Preempted: SIGTERM reached a process (its handler is set when ``train`` runs in the main thread): a
+            checkpoint was written at the next iteration boundary and the run stopped; resume with ``auto_resume``.
     """
     device, created_group = du.init_distributed(recipe.device)
     rank = du.get_rank()
@@ -207,7 +217,8 @@ def _setup(recipe: Recipe, device: torch.device, work_dir: Path, files: DataFile
             find_unused_parameters=recipe.find_unused_parameters)
     meta = {"world_size": world, "iters_per_epoch": iters_per_epoch, "total_batch": sampler.global_batch_size}
     run = _Run(recipe, device, work_dir, classes, model, net, params, optimizer, scheduler, scaler, val_ds, meta,
-               iters_per_epoch, total_iters, TrainState(), train_ds, sampler)
+               iters_per_epoch, total_iters, TrainState(), train_ds, sampler,
+               CheckpointPolicy(recipe.checkpoint_interval_iters, recipe.checkpoint_interval_minutes))
     if resume is not None:
         _resume(Path(resume), run)
     return run
@@ -220,30 +231,44 @@ def _loop(run: _Run, progress: bool) -> None:
     # Route console log lines through tqdm so they do not break the bar (only loggers that print to a console).
     consoles = [lg for lg in (logging.getLogger("genattn"), logging.getLogger())
                 if any(type(h) is logging.StreamHandler for h in lg.handlers)] if progress else []
+    policy = run.policy
     try:
-        with logging_redirect_tqdm(loggers=consoles):
-            while st.iter < run.total_iters:
+        with logging_redirect_tqdm(loggers=consoles), policy.stop:
+            while st.iter < run.total_iters and policy.stopped_by is None:
                 epoch = st.epoch
                 run.train_ds.set_epoch(epoch)
                 run.sampler.set_epoch(epoch, start_batch=st.iter_in_epoch)
                 loader = torch.utils.data.DataLoader(
                     run.train_ds, batch_sampler=run.sampler, collate_fn=collate, num_workers=recipe.workers,
-                    pin_memory=run.device.type == "cuda",
+                    pin_memory=run.device.type == "cuda", worker_init_fn=ignore_stop_signals,
                     generator=torch.Generator().manual_seed(recipe.seed * 1000 + epoch))
                 _train_epoch(loader, run)
                 finished = st.iter_in_epoch == run.iters_per_epoch
                 if finished:
                     st.epoch, st.iter_in_epoch = epoch + 1, 0
                 last = st.iter >= run.total_iters
+                if not (finished or last):
+                    break  # stopped mid-epoch, checkpoint written
                 tag = f"epoch_{st.epoch}" if finished else f"iter_{st.iter}"  # file names
                 if last or (finished and st.epoch % recipe.checkpoint_interval == 0):
-                    _save(run.work_dir / f"{tag}.pth", run)
+                    _save(run, tag)
+                elif policy.pending:
+                    _save(run, f"iter_{st.iter}")
                 if run.val_ds is not None and (last or (finished and recipe.eval_interval > 0
                                                         and st.epoch % recipe.eval_interval == 0)):
-                    _evaluate(run, tag)
+                    if last or policy.stopped_by is None:
+                        _evaluate(run, tag)
+                    else:
+                        logger.warning("stopping: evaluation skipped (run 'genattn test' on %s)", st.checkpoint)
+                if not last and policy.stopped_by is None:
+                    policy.agree_to_stop(st.iter, run.device)  # a signal during the epoch's end
     finally:
         run.bar.close()
         run.log.close()
+    if policy.stopped_by is not None and st.iter < run.total_iters:
+        if policy.saved_at != st.iter:
+            _save(run, f"iter_{st.iter}")
+        raise Preempted(st.checkpoint, st.iter, policy.stopped_by)
 
 
 def _resume(path: Path, run: _Run) -> None:
@@ -271,8 +296,9 @@ def _resume(path: Path, run: _Run) -> None:
     logger.info("resumed from %s: epoch %d, iteration %d", path, st.epoch, st.iter)
 
 
-def _save(path: Path, run: _Run) -> None:
-    st = run.state
+def _save(run: _Run, tag: str) -> None:
+    """Write checkpoint ``work_dir/tag.pth`` (a collective); after a mid-epoch one, delete the surplus ones."""
+    st, path, keep = run.state, run.work_dir / f"{tag}.pth", run.recipe.keep_iter_checkpoints
     rngs = du.all_gather_object(rng_state())  # every rank's generators, so each resumes its own
     if du.is_main_process():
         payload = genattn_record(
@@ -281,7 +307,10 @@ def _save(path: Path, run: _Run) -> None:
             meta=run.meta, rng=rngs, metrics=st.metrics, **st.counters())
         save_checkpoint(payload, path)
         logger.info("saved checkpoint %s", path)
+        for old in prune_iter_checkpoints(run.work_dir, keep, st.iter) if tag.startswith("iter_") else ():
+            logger.info("deleted checkpoint %s (keep_iter_checkpoints=%d)", old, keep)
     st.checkpoint = str(path)
+    run.policy.saved(st.iter)
 
 
 def _evaluate(run: _Run, tag: str) -> None:
@@ -325,8 +354,9 @@ def _train_epoch(loader, run: _Run) -> None:
         with autocast(device, recipe.amp):
             loss_dict = net(images, model_targets)
         loss = sum(loss_dict.values())
-        # One collective per iteration so that every rank takes the same branch below.
-        flags = torch.tensor([float(torch.isfinite(loss.detach()).item()), float(len(new_bad))], device=device)
+        # One collective per iteration so that every rank takes the same branches below.
+        flags = torch.tensor([float(torch.isfinite(loss.detach()).item()), float(len(new_bad)),
+                              *run.policy.local_flags()], device=device)
         if du.is_distributed():
             torch.distributed.all_reduce(flags)
         st.bad_samples += int(flags[1].item())
@@ -363,6 +393,13 @@ def _train_epoch(loader, run: _Run) -> None:
             if count:  # (every update of the interval skipped: nothing to average)
                 _log_interval(run, sums, count, t_data, t_iter, lr)
             sums, count, t_data, t_iter = {}, 0, 0.0, 0.0
+        if run.policy.after_iteration(st.iter, flags[2:].tolist()):
+            if st.iter_in_epoch < run.iters_per_epoch and st.iter < run.total_iters:
+                _save(run, f"iter_{st.iter}")
+            else:
+                run.policy.pending = True  # the epoch's end writes it
+        if run.policy.stopped_by is not None:
+            break
         tick = time.perf_counter()
 
 
