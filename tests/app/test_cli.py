@@ -84,6 +84,37 @@ def test_bad_point_and_corrupt_checkpoint(shapes, tmp_path, capsys):
     assert "bad.pth" in line and "corrupt" in line
 
 
+def test_train_stopped_by_sigterm_exits_75_and_resumes(shapes, tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import genattn.engine.train as train_module
+
+    real_load = train_module.load_model
+
+    def load_model(*args, **kwargs):  # the detector signals its own process during its first training step
+        model, info = real_load(*args, **kwargs)
+
+        def hook(module, inputs):
+            # Were SIGTERM not caught by the run, it would end the test session rather than fail this test.
+            assert signal.getsignal(signal.SIGTERM) not in (signal.SIG_DFL, signal.SIG_IGN, None)
+            if module.training:
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        model.register_forward_pre_hook(hook)
+        return model, info
+
+    monkeypatch.setattr(train_module, "load_model", load_model)
+    argv = ["train", ATT, "--data", str(shapes.root), "--work-dir", str(tmp_path), *TRAIN]
+    assert main(argv) == 75
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last == (f"genattn train: stopped by SIGTERM after iteration 1; checkpoint {tmp_path / 'iter_1.pth'} "
+                    "written: resume with --auto-resume (auto_resume=True)")
+    monkeypatch.undo()
+    assert main([*argv, "--auto-resume"]) == 0
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["iter"] == 2
+
+
 @pytest.mark.slow
 def test_train_test_detect_attention(shapes, trained, tmp_path, capsys):
     capsys.readouterr()

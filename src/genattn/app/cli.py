@@ -17,6 +17,8 @@ Exit status:
        stderr, no traceback.
     1  a runtime failure that is not the user's input (e.g. a non-finite loss, out of memory). One line on
        stderr; ``genattn --debug ...`` shows the traceback.
+    75 (``EX_TEMPFAIL``) ``train`` stopped by SIGTERM after writing a checkpoint: run the same command with
+       ``--auto-resume`` to continue (a requeue wrapper checks for this status).
     130 interrupted (Ctrl-C).
 """
 
@@ -31,7 +33,7 @@ from typing import Sequence
 
 __all__ = ["main", "build_parser", "UserError"]
 
-EXIT_OK, EXIT_RUNTIME, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_RUNTIME, EXIT_USAGE, EXIT_PREEMPTED = 0, 1, 2, 75
 
 
 class UserError(Exception):
@@ -139,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "instances_train2017.json)")
     p.add_argument("--val-ann", metavar="FILE", help="validation annotation file")
     p.add_argument("--resume", metavar="FILE", help="continue a run from this checkpoint")
-    p.add_argument("--auto-resume", action="store_true", help="continue from the latest checkpoint in --work-dir")
+    p.add_argument("--auto-resume", action="store_true", help="continue from the latest checkpoint in --work-dir "
+                   "(mid-epoch or epoch); SIGTERM writes one and exits with status 75")
 
     p = add("test", "evaluate a checkpoint: COCO box AP (one process, or many under torchrun)")
     p.add_argument("model", metavar="MODEL", help="model name (the checkpoint must hold it)")
@@ -249,12 +252,19 @@ def _device(args) -> str:
 
 def _cmd_train(args) -> int:
     from genattn.data import data_root
+    from genattn.engine.preemption import Preempted
     from genattn.engine.recipes import get_recipe, tiny_recipe
     from genattn.engine.train import train
 
     recipe = (tiny_recipe if args.tiny else get_recipe)(args.model).replace(**_recipe_changes(args))
-    result = train(recipe.with_impl(args.impl), data_root=data_root(args.data), train_ann=args.ann,
-                   val_ann=args.val_ann, work_dir=args.work_dir, resume=args.resume, auto_resume=args.auto_resume)
+    try:
+        result = train(recipe.with_impl(args.impl), data_root=data_root(args.data), train_ann=args.ann,
+                       val_ann=args.val_ann, work_dir=args.work_dir, resume=args.resume,
+                       auto_resume=args.auto_resume)
+    except Preempted as e:
+        if _rank() == 0:
+            print(f"genattn train: {e}", file=sys.stderr)
+        return EXIT_PREEMPTED
     metrics = result.get("metrics") or {}
     summary = {"work_dir": str(result["work_dir"]), "checkpoint": str(result["checkpoint"]),
                "epoch": result["epoch"], "iter": result["iter"],
