@@ -11,6 +11,10 @@ resampled identically: their per-resample APs are paired, and the interval of th
 (:func:`difference_interval`) says whether the difference exceeds the noise of the validation set. This is the
 noise of a finite validation set only: training the same model again (another seed, another schedule) moves its
 AP as well, and no interval here includes that.
+
+Intervals are percentile intervals. For a weak detector the resampled APs sit somewhat above the point estimate
+(interpolated precision keeps the best precision at each recall, and resampling adds noise to the curve), so its
+interval leans upward; in a paired difference of two models this largely cancels.
 """
 
 from __future__ import annotations
