@@ -30,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from genattn.engine.recipes import TINY_BACKBONE, Recipe
 from genattn.models import ModelConfig
-from genattn.models.zoo import study_models
+from genattn.models.zoo import MODELS, study_models
 
 if TYPE_CHECKING:
     from genattn.app.bench import BenchResult
@@ -232,14 +232,16 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
     else:
         cost_title = (f"Cost at the seed's size: {first.backbone} models with random weights at a "
                       f"{first.input_size[0]}x{first.input_size[1]} input, {first.device_name}; fps: median of "
-                      f"{first.num_images} images at batch 1; Mem: peak of one training step at batch 1 "
-                      f"({first.mem_method})")
-    notes = ["The AP intervals cover only which validation images were drawn, not training noise: training a "
-             "tiny model again with another seed or another number of iterations moves its AP by several points.",
-             "The seed's accuracy gains (box AP 39.1 for '0010' and 40.0 for '1111' against 37.4) need COCO-scale "
-             "training: 12 epochs of 118k images from ImageNet weights. The released checkpoints reproduce them: "
-             "genattn test faster_rcnn_r50_fpn_attention_1111_1x_coco --checkpoint URL --data COCO_ROOT "
-             "(README, Model zoo)."]
+                      f"{first.num_images} images at batch 1; Mem: one training step at batch 1, "
+                      f"{first.mem_method}")
+    seed_ap = [MODELS[name].box_ap for name in DEMO_MODELS]  # baseline, '0010', '1111'
+    notes = ["The AP intervals cover only which validation images were drawn, not training noise: in earlier "
+             "runs of 310 to 491 iterations the same tiny models' APs moved by several points, and their ranking "
+             "changed almost every time (README).",
+             f"The seed's accuracy gains (box AP {seed_ap[1]} for '0010' and {seed_ap[2]} for '1111' against "
+             f"{seed_ap[0]}) need COCO-scale training: 12 epochs of 118k images from ImageNet weights. The "
+             f"released checkpoints reproduce them: genattn test {DEMO_MODELS[2]} --checkpoint URL --data "
+             f"COCO_ROOT (README, Model zoo)."]
     files = report.write_table(rows, work_dir, title=title, cost=cost, cost_title=cost_title, notes=notes)
 
     det, point, heatmaps = _pictures(rows, data, work_dir, pictures)
