@@ -3,8 +3,8 @@
 The seed's table is a trade-off: attention buys accuracy with time and memory. The demo shows both halves where
 each can be shown honestly on a CPU in minutes:
 
-* **cost at the seed's size**: the full ResNet-50 baseline, '0010' and '1111' models (random weights: weights
-  change neither the time nor the memory) at an 800x1333 input, and '1111' once more computed by the original
+* **cost at the seed's size**: the full ResNet-50 baseline, '0010' and '1111' models (random weights: the memory
+  does not depend on them, the time only through how many boxes reach the post-processing) at an 800x1333 input, and '1111' once more computed by the original
   algorithm (``impl='materialize'``): inference speed (median of 3 images at batch 1) and peak training memory
   (one step at batch 1, in a fresh process), measured the way ``genattn bench`` measures;
 * **accuracy with its noise**: the baseline, '0010' and '1111' detectors (optionally the DCN variants too)
@@ -236,8 +236,8 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
                       f"{first.mem_method}")
     seed_ap = [MODELS[name].box_ap for name in DEMO_MODELS]  # baseline, '0010', '1111'
     notes = ["The AP intervals cover only which validation images were drawn, not training noise: in earlier "
-             "runs of 310 to 491 iterations the same tiny models' APs moved by several points, and their ranking "
-             "changed almost every time (README).",
+             "runs of 310 to 491 iterations the same tiny models' APs moved by several points, in three different "
+             "orders in four runs (README).",
              f"The seed's accuracy gains (box AP {seed_ap[1]} for '0010' and {seed_ap[2]} for '1111' against "
              f"{seed_ap[0]}) need COCO-scale training: 12 epochs of 118k images from ImageNet weights. The "
              f"released checkpoints reproduce them: genattn test {DEMO_MODELS[2]} --checkpoint URL --data "
