@@ -4,9 +4,10 @@ The seed's table is a trade-off: attention buys accuracy with time and memory. T
 each can be shown honestly on a CPU in minutes:
 
 * **cost at the seed's size**: the full ResNet-50 baseline, '0010' and '1111' models (random weights: the memory
-  does not depend on them, the time only through how many boxes reach the post-processing) at an 800x1333 input, and '1111' once more computed by the original
-  algorithm (``impl='materialize'``): inference speed (median of 3 images at batch 1) and peak training memory
-  (one step at batch 1, in a fresh process), measured the way ``genattn bench`` measures;
+  does not depend on them, the time only through how many boxes reach the post-processing) at an 800x1333
+  input, and '1111' once more computed by the original algorithm (``impl='materialize'``): inference speed
+  (median of 3 images at batch 1) and peak training memory (one step at batch 1, in a fresh process), measured
+  the way ``genattn bench`` measures;
 * **accuracy with its noise**: the baseline, '0010' and '1111' detectors (optionally the DCN variants too)
   trained from scratch with a short schedule on small images of the built-in shapes dataset
   (:mod:`genattn.data.synthetic`), each box AP with its 95% interval over resamples of the validation images,
