@@ -298,7 +298,8 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
                                  batch_size=batch_size, input_size=mem_size, threads=threads)
     attention = config.backbone.attention_cfg if config.attention_type else None
     return BenchResult(model=config.name, backbone=config.backbone.label,
-                       impl=attention.impl if attention is not None else None, device=str(dev), device_name=device_name(dev),
+                       impl=attention.impl if attention is not None else None, device=str(dev),
+                       device_name=device_name(dev),
                        threads=torch.get_num_threads(), num_images=num_images, warmup=warmup,
                        input_size=tuple(timed[0].shape[-2:]), image_size=(config.min_size, config.max_size),
                        median_ms=speed["median_s"] * 1e3, fps=speed["fps"], torch=torch.__version__, **memory)
