@@ -56,6 +56,10 @@ def test_attention_maps_per_block_term_and_head(model):
         for amap in b["maps"].values():
             assert amap.shape == (8, -(-hf // 2), -(-wf // 2))  # 8 heads, keys every 2 pixels
             np.testing.assert_allclose(amap.sum((1, 2)), 1.0, rtol=1e-4)
+    # The pictures say which key grid their colours are drawn on: 3x4 keys of 32 px at stage 3, 2x2 of 64 at 4.
+    assert [viz.key_grid(b) for b in blocks] == [{"size": (3, 4), "cell_px": 32}, {"size": (2, 2), "cell_px": 64}]
+    title = viz.block_title(blocks[0], (79, 10))
+    assert "keys on a 3x4 grid, one per 32x32 px" in title and "uniform (1/12)" in title
 
 
 def test_attention_bad_point_and_no_attention(model):

@@ -1,13 +1,9 @@
-"""The study's table: descriptive columns, Markdown/CSV/JSON/PNG outputs."""
-
-import csv
-import dataclasses
-import json
+"""The study's rows: what describes a model."""
 
 import pytest
-from PIL import Image
 
-from genattn.app.study import COLUMNS, StudyRow, table_cells, write_table
+from genattn.app.report import table_cells
+from genattn.app.study import StudyRow
 from genattn.data import data_root
 from genattn.engine.recipes import Recipe
 
@@ -15,7 +11,7 @@ from genattn.engine.recipes import Recipe
 def test_describe_seed_and_small_models():
     row = StudyRow.describe(Recipe.from_name("faster_rcnn_r50_fpn_attention_1111_dcn_1x_coco"))
     assert table_cells(row) == {"Backbone": "R-50", "Attention Component": "1111", "DCN": "Y", "Lr schd": "1x",
-                                "Mem (GB)": "-", "Inf time (fps)": "-", "box AP": "-"}
+                                "Mem (GB)": "-", "Inf time (fps)": "-", "box AP": "-", "95% CI": "-"}
     assert row.tag == "1111+DCN" and row.model == "faster_rcnn_r50_fpn_attention_1111_dcn_1x_coco"
     small = Recipe.from_name("faster_rcnn_r50_fpn_1x_coco", max_iters=400).replace(
         backbone={"layers": (1, 1, 1, 1), "base_width": 16})
@@ -26,23 +22,6 @@ def test_describe_seed_and_small_models():
     assert StudyRow.describe(Recipe.from_name("faster_rcnn_r50_fpn_attention_0010_1x_coco", epochs=2)).schedule == \
         "2 ep"
     assert StudyRow.describe(Recipe.from_name("faster_rcnn_r50_fpn_dconv_c3-c5_1x_coco")).tag == "DCN"
-
-
-def test_write_table(tmp_path):
-    rows = [dataclasses.replace(StudyRow.describe(Recipe.from_name("faster_rcnn_r50_fpn_1x_coco")), fps=20.0,
-                                mem_gb=0.5, box_ap=0.3),
-            dataclasses.replace(StudyRow.describe(Recipe.from_name("faster_rcnn_r50_fpn_attention_1111_1x_coco")),
-                                fps=15.0, mem_gb=None, box_ap=0.33)]
-    files = write_table(rows, tmp_path / "out", title="test")
-    md = files["markdown"].read_text().splitlines()
-    assert md[2] == "| " + " | ".join(COLUMNS) + " |"
-    assert md[4] == "| R-50 | - | N | 1x | 0.500 | 20.0 | 30.0 |"
-    with open(files["csv"]) as f:
-        table = list(csv.DictReader(f))
-    assert table[1]["Attention Component"] == "1111" and table[1]["box AP"] == "33.0"
-    assert json.loads(files["json"].read_text())[0]["fps"] == 20.0
-    with Image.open(files["plot"]) as im:
-        assert im.format == "PNG"
 
 
 def test_data_root_errors(tmp_path):

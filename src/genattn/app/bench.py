@@ -38,9 +38,15 @@ __all__ = ["BenchResult", "benchmark", "inference_speed", "training_memory", "tr
 
 @dataclass(frozen=True)
 class BenchResult:
-    """One model's benchmark (:func:`benchmark`); :meth:`to_dict` gives its JSON form."""
+    """One model's benchmark (:func:`benchmark`); :meth:`to_dict` gives its JSON form.
+
+    ``backbone`` is the backbone's label ('R-50'); ``impl`` the attention path the model computed with ('auto',
+    'materialize' for the original algorithm, ...; None without attention).
+    """
 
     model: str
+    backbone: str
+    impl: str | None
     device: str
     device_name: str
     threads: int
@@ -290,7 +296,10 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
         mem_size = tuple(timed[0].shape[-2:]) if images else input_size
         memory = training_memory(config, Classes(net.category_ids, net.class_names), device=dev, steps=memory_steps,
                                  batch_size=batch_size, input_size=mem_size, threads=threads)
-    return BenchResult(model=config.name, device=str(dev), device_name=device_name(dev),
+    attention = config.backbone.attention_cfg if config.attention_type else None
+    return BenchResult(model=config.name, backbone=config.backbone.label,
+                       impl=attention.impl if attention is not None else None, device=str(dev),
+                       device_name=device_name(dev),
                        threads=torch.get_num_threads(), num_images=num_images, warmup=warmup,
                        input_size=tuple(timed[0].shape[-2:]), image_size=(config.min_size, config.max_size),
                        median_ms=speed["median_s"] * 1e3, fps=speed["fps"], torch=torch.__version__, **memory)
@@ -298,7 +307,7 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
 
 def format_result(result: BenchResult) -> str:
     """A few human-readable lines for one :func:`benchmark` result."""
-    lines = [f"model:     {result.model}",
+    lines = [f"model:     {result.model}" + (f" (attention path {result.impl})" if result.impl else ""),
              f"device:    {result.device} ({result.device_name})",
              f"inference: {result.fps:.2f} fps (median {result.median_ms:.1f} ms over {result.num_images}"
              f" images of {result.input_size[0]}x{result.input_size[1]}, batch 1, {result.warmup} warm-up)"]

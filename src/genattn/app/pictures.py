@@ -18,8 +18,8 @@ from PIL import Image, ImageDraw, ImageFont
 
 from genattn.data.transforms import load_image as load_image_tensor
 
-__all__ = ["load_image", "draw_detections", "detect_images", "attention_maps", "render_attention_block",
-           "render_attention_summary", "attention_pictures"]
+__all__ = ["load_image", "draw_detections", "detect_images", "attention_maps", "key_grid", "block_title",
+           "render_attention_block", "render_attention_summary", "attention_pictures"]
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
             (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212), (0, 128, 128), (170, 110, 40)]
@@ -196,38 +196,75 @@ def attention_maps(model: torch.nn.Module, image: torch.Tensor, point: tuple[int
     return out
 
 
+def key_grid(block: dict[str, Any]) -> dict[str, Any]:
+    """A block's key grid: ``{'size': (Hk, Wk), 'cell_px': image pixels per key cell (resized image)}``."""
+    hk, wk = next(iter(block["maps"].values())).shape[-2:]
+    return {"size": (int(hk), int(wk)), "cell_px": block["stride"] * block["kv_stride"]}
+
+
+def block_title(block: dict[str, Any], point: tuple[int, int]) -> str:
+    """The title of a block's picture: the query, its feature cell and the key grid the colours are drawn on."""
+    hf, wf = block["feature_size"]
+    grid = key_grid(block)
+    hk, wk = grid["size"]
+    return (f"{block['name']}: where pixel ({point[0]}, {point[1]}) attends (cell {block['query']} of the {hf}x{wf} "
+            f"map); keys on a {hk}x{wk} grid, one per {grid['cell_px']:g}x{grid['cell_px']:g} px of the resized "
+            f"image; colour: weight / the tile's peak, the peak as a multiple of uniform (1/{hk * wk})")
+
+
 def _heat_overlay(image: Image.Image, amap: np.ndarray, block: dict[str, Any], cell: tuple[int, int]) -> Image.Image:
-    """One key map [Hk, Wk] as a heatmap over ``image``, resized to ``cell`` (w, h)."""
+    """One key map [Hk, Wk] over a grey copy of ``image`` at ``cell`` (w, h): one flat colour per key cell (the
+    map's real resolution), the key grid's lines, and the peak weight as a multiple of uniform."""
     import matplotlib
 
     rh, rw = block["resized"]
-    step = block["stride"] * block["kv_stride"]  # resized-image pixels per key cell
-    norm = amap / max(float(amap.max()), 1e-12)
-    heat = Image.fromarray((norm * 255).astype(np.uint8)).resize(
-        (max(1, round(amap.shape[1] * step)), max(1, round(amap.shape[0] * step))), Image.NEAREST)
-    heat = heat.crop((0, 0, rw, rh)).resize(cell, Image.BILINEAR)  # drop the padding, back to image scale
-    rgb = matplotlib.colormaps["jet"](np.asarray(heat) / 255.0)[..., :3]
-    base = np.asarray(image.resize(cell, Image.BILINEAR), dtype=np.float32) / 255.0
-    return Image.fromarray((255 * (0.45 * base + 0.55 * rgb)).astype(np.uint8))
+    step = key_grid(block)["cell_px"]  # resized-image pixels per key cell
+    peak = float(amap.max())
+    norm = amap / max(peak, 1e-12)
+    full = (max(1, round(amap.shape[1] * step)), max(1, round(amap.shape[0] * step)))
+    heat = Image.fromarray((norm * 255).astype(np.uint8)).resize(full, Image.NEAREST)
+    heat = heat.crop((0, 0, rw, rh)).resize(cell, Image.NEAREST)  # drop the padding, back to image scale
+    rgb = matplotlib.colormaps["inferno"](np.asarray(heat) / 255.0)[..., :3]
+    grey = np.asarray(image.convert("L").convert("RGB").resize(cell, Image.BILINEAR), dtype=np.float32) / 255.0
+    tile = Image.fromarray((255 * (0.35 * grey + 0.65 * rgb)).astype(np.uint8))
+    draw = ImageDraw.Draw(tile)
+    sx, sy = cell[0] / rw, cell[1] / rh
+    for j in range(1, amap.shape[1]):
+        if j * step < rw:
+            draw.line([(j * step * sx, 0), (j * step * sx, cell[1])], fill=(255, 255, 255), width=1)
+    for i in range(1, amap.shape[0]):
+        if i * step < rh:
+            draw.line([(0, i * step * sy), (cell[0], i * step * sy)], fill=(255, 255, 255), width=1)
+    text = f"peak {peak * amap.size:.1f}x"
+    font = _font(10)
+    x0, y0, x1, y1 = draw.textbbox((2, 2), text, font=font)
+    draw.rectangle([x0 - 1, y0 - 1, x1 + 1, y1 + 1], fill=(0, 0, 0))
+    draw.text((2, 2), text, fill=(255, 255, 255), font=font)
+    return tile
 
 
 def _mark(draw: ImageDraw.ImageDraw, x: float, y: float, r: int = 4) -> None:
     draw.ellipse([x - r - 1, y - r - 1, x + r + 1, y + r + 1], outline=(0, 0, 0), width=2)
-    draw.ellipse([x - r, y - r, x + r, y + r], outline=(255, 255, 255), width=2)
+    draw.ellipse([x - r, y - r, x + r, y + r], outline=(0, 255, 0), width=2)
 
 
 def _grid(rows: list[list[Image.Image]], row_labels: list[str], col_labels: list[str], title: str,
           cell: tuple[int, int]) -> Image.Image:
+    import textwrap
+
     font = _font(12)
-    left, top, pad = 44, 34, 2
     cw, ch = cell
-    grid = Image.new("RGB", (left + len(col_labels) * (cw + pad), top + len(rows) * (ch + pad)), (255, 255, 255))
+    left, pad = 64, 2
+    width = left + len(col_labels) * (cw + pad)
+    lines = textwrap.wrap(title, max(40, width // 7))
+    top = 20 + 15 * len(lines)
+    grid = Image.new("RGB", (width, top + len(rows) * (ch + pad)), (255, 255, 255))
     draw = ImageDraw.Draw(grid)
-    draw.text((4, 2), title, fill=(0, 0, 0), font=font)
+    draw.multiline_text((4, 2), "\n".join(lines), fill=(0, 0, 0), font=font, spacing=2)
     for j, label in enumerate(col_labels):
         draw.text((left + j * (cw + pad) + 2, top - 15), label, fill=(0, 0, 0), font=font)
     for i, (label, row) in enumerate(zip(row_labels, rows)):
-        draw.text((4, top + i * (ch + pad) + ch // 2 - 6), label, fill=(0, 0, 0), font=font)
+        draw.multiline_text((4, top + i * (ch + pad) + ch // 2 - 12), label, fill=(0, 0, 0), font=font)
         for j, tile in enumerate(row):
             grid.paste(tile, (left + j * (cw + pad), top + i * (ch + pad)))
     return grid
@@ -252,14 +289,12 @@ def render_attention_block(image: Image.Image, block: dict[str, Any], point: tup
         for t in tiles:
             _mark(ImageDraw.Draw(t), point[0] * sx, point[1] * sy)
         rows.append(tiles)
-    hf, wf = block["feature_size"]
-    title = (f"{block['name']}: query ({point[0]}, {point[1]}) -> cell {block['query']} of {hf}x{wf}, "
-             f"keys every {block['kv_stride']}")
-    return _grid(rows, terms, [f"head {i}" for i in range(heads)] + ["mean"], title, cell)
+    return _grid(rows, terms, [f"head {i}" for i in range(heads)] + ["mean"], block_title(block, point), cell)
 
 
 def render_attention_summary(image: Image.Image, blocks: list[dict[str, Any]], point: tuple[int, int]) -> Image.Image:
-    """All blocks in one picture: rows = blocks, columns = 'all' and each term, averaged over heads."""
+    """All blocks in one picture: rows = blocks (labelled with their key grids), columns = 'all' and each term,
+    averaged over heads."""
     cell = _cell(image, 128)
     sx, sy = cell[0] / image.size[0], cell[1] / image.size[1]
     terms = sorted({t for b in blocks for t in b["maps"]}, key=lambda t: (t != "all", t))
@@ -274,8 +309,11 @@ def render_attention_summary(image: Image.Image, blocks: list[dict[str, Any]], p
             _mark(ImageDraw.Draw(tile), point[0] * sx, point[1] * sy)
             tiles.append(tile)
         rows.append(tiles)
-    labels = [b["name"].replace("layer", "L") for b in blocks]
-    return _grid(rows, labels, [f"{t} (mean)" for t in terms], f"attention of pixel {tuple(point)}", cell)
+    labels = [f"{b['name'].replace('layer', 'L')}\nkeys\n{key_grid(b)['size'][0]}x{key_grid(b)['size'][1]}"
+              for b in blocks]
+    title = (f"where pixel {tuple(point)} attends, per block (rows: keys on the grid named); colour: weight / the "
+             f"tile's peak, the peak as a multiple of uniform")
+    return _grid(rows, labels, [f"{t} (mean)" for t in terms], title, cell)
 
 
 def attention_pictures(model: torch.nn.Module, image_path: Path, point: tuple[int, int],

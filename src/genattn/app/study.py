@@ -1,15 +1,14 @@
 """The seed's study: train, test and benchmark several models, then tabulate and plot them.
 
 For every model, :func:`study_model` trains it with the training engine (:mod:`genattn.engine`), evaluates
-COCO box AP on the validation split, and measures inference speed and peak training memory with
-:mod:`genattn.app.bench`; the result is a :class:`StudyRow`. :func:`write_table` writes the seed's table
-(Backbone, Attention Component, DCN, Lr schd, Mem (GB), Inf time (fps), box AP) as Markdown and CSV, the rows as
-JSON, and a PNG plotting box AP against fps and against memory.
+COCO box AP on the validation split with a bootstrap interval over the validation images
+(:mod:`genattn.engine.bootstrap`, from the training's own final evaluation), and measures inference speed and
+peak training memory with :mod:`genattn.app.bench`; the result is a :class:`StudyRow`.
+:mod:`genattn.app.report` writes the seed's table, the comparisons and a plot.
 """
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import time
@@ -25,9 +24,10 @@ from genattn.engine.build import dataset_classes, seed_everything
 from genattn.engine.recipes import Recipe
 from genattn.models import load_model
 
-__all__ = ["COLUMNS", "StudyRow", "study_model", "write_table", "run_study", "evaluate_untrained"]
+__all__ = ["StudyRow", "study_model", "run_study", "evaluate_untrained", "RESAMPLES"]
 
-COLUMNS = ("Backbone", "Attention Component", "DCN", "Lr schd", "Mem (GB)", "Inf time (fps)", "box AP")
+#: Bootstrap resamples of the validation images behind each AP interval (the same resamples for every model).
+RESAMPLES = 1000
 
 
 @dataclass(frozen=True)
@@ -41,6 +41,9 @@ class StudyRow:
         dcn: deformable convolution in stages 2-4.
         schedule: '1x', '<N> ep' or '<N> it'.
         box_ap: COCO box AP in [0, 1].
+        box_ap_ci: its 95% interval over resamples of the validation images (percentile bootstrap), or None.
+        ap_resamples: box AP of each resample of the validation images, the same resamples for every model
+            of a study (so two models' differences are paired; :func:`genattn.engine.bootstrap.bootstrap_ap`).
         mem_gb, fps, median_ms: the benchmark's peak training memory, inference speed and median time.
         train_s: training wall time in seconds.
         device: the benchmark's device, named.
@@ -54,6 +57,8 @@ class StudyRow:
     dcn: bool
     schedule: str
     box_ap: float | None = None
+    box_ap_ci: tuple[float, float] | None = None
+    ap_resamples: tuple[float, ...] = field(default=(), repr=False)
     mem_gb: float | None = None
     fps: float | None = None
     median_ms: float | None = None
@@ -79,17 +84,6 @@ class StudyRow:
         if self.attention is None:
             return "DCN" if self.dcn else "baseline"
         return self.attention + ("+DCN" if self.dcn else "")
-
-
-def _number(value: float | None, digits: int, scale: float = 1.0) -> str:
-    return "-" if value is None or value != value else f"{scale * value:.{digits}f}"
-
-
-def table_cells(row: StudyRow) -> dict[str, str]:
-    """The seed's table's cells of a row."""
-    return {"Backbone": row.backbone, "Attention Component": row.attention or "-", "DCN": "Y" if row.dcn else "N",
-            "Lr schd": row.schedule, "Mem (GB)": _number(row.mem_gb, 3), "Inf time (fps)": _number(row.fps, 1),
-            "box AP": _number(row.box_ap, 1, 100)}
 
 
 def _val_images(root: Path, recipe: Recipe, count: int) -> list[torch.Tensor]:
@@ -123,7 +117,8 @@ def study_model(recipe: Recipe, root: Path, work_dir: Path, *, bench_images: int
             (``eval_interval >= 0``).
         root: the COCO-layout data root.
         work_dir: this model's run directory.
-        bench_images: timed validation images for the speed measurement.
+        bench_images: timed validation images for the speed measurement (0 skips the benchmark: no speed, no
+            memory).
         device: cpu or cuda for the benchmark (default: CUDA if available).
         memory_steps: training steps of the memory measurement (0 skips it).
         progress: progress bars.
@@ -134,64 +129,45 @@ def study_model(recipe: Recipe, root: Path, work_dir: Path, *, bench_images: int
     start = time.perf_counter()
     result = train(recipe, data_root=root, work_dir=Path(work_dir), progress=progress)
     train_s = time.perf_counter() - start
-    if not result.get("metrics"):
+    metrics = result.get("metrics") or {}
+    if "AP" not in metrics:
         raise RuntimeError(f"training {recipe.name} produced no evaluation (is there a validation split?)")
+    row = dataclasses.replace(
+        StudyRow.describe(recipe), box_ap=float(metrics["AP"]), train_s=train_s, checkpoint=str(result["checkpoint"]),
+        metrics={k: v for k, v in metrics.items() if k != "per_class"}, **ap_interval(recipe, root, metrics))
+    if bench_images <= 0:
+        return row
     measured = bench.benchmark(recipe.model_config(), checkpoint=result["checkpoint"], device=device,
                                num_images=bench_images, warmup=3, images=_val_images(root, recipe, bench_images),
                                memory_steps=memory_steps, batch_size=recipe.imgs_per_gpu, progress=progress)
-    return dataclasses.replace(
-        StudyRow.describe(recipe), box_ap=float(result["metrics"]["AP"]), mem_gb=measured.mem_gb, fps=measured.fps,
-        median_ms=measured.median_ms, train_s=train_s, device=measured.device_name,
-        checkpoint=str(result["checkpoint"]),
-        metrics={k: v for k, v in result["metrics"].items() if k != "per_class"})
+    return dataclasses.replace(row, mem_gb=measured.mem_gb, fps=measured.fps, median_ms=measured.median_ms,
+                               device=measured.device_name)
 
 
-def write_table(rows: Sequence[StudyRow], out_dir: Path, *, title: str = "") -> dict[str, Path]:
-    """Write ``results.md``, ``results.csv``, ``results.json`` and ``results.png`` into ``out_dir``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    cells = [table_cells(r) for r in rows]
-    md = ["| " + " | ".join(COLUMNS) + " |", "|" + "|".join(":---:" for _ in COLUMNS) + "|"]
-    md += ["| " + " | ".join(c[k] for k in COLUMNS) + " |" for c in cells]
-    text = (f"{title}\n\n" if title else "") + "\n".join(md) + "\n"
-    paths = {"markdown": out_dir / "results.md", "csv": out_dir / "results.csv", "json": out_dir / "results.json",
-             "plot": out_dir / "results.png"}
-    paths["markdown"].write_text(text)
-    with open(paths["csv"], "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["Model", *COLUMNS])
-        writer.writerows([[r.model, *(c[k] for k in COLUMNS)] for r, c in zip(rows, cells)])
-    paths["json"].write_text(json.dumps([dataclasses.asdict(r) for r in rows], indent=2, default=str) + "\n")
-    _plot(rows, paths["plot"], title)
-    return paths
+def ap_interval(recipe: Recipe, root: Path, metrics: Mapping[str, Any], *, samples: int = RESAMPLES,
+                level: float = 0.95) -> dict[str, Any]:
+    """The interval of an evaluation's box AP over resamples of the validation images.
 
+    The evaluation's own detections file (``metrics['results_file']``) is matched to the ground truth once;
+    every resample reuses those per-image results (:mod:`genattn.engine.bootstrap`). The resamples depend only on
+    the number of images, so every model of a study gets the same ones.
 
-def _plot(rows: Sequence[StudyRow], path: Path, title: str) -> None:
-    import matplotlib
+    Returns:
+        ``{'box_ap_ci': (low, high), 'ap_resamples': (...)}`` (AP in [0, 1]).
 
-    matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
+    Raises:
+        RuntimeError: the detections file does not reproduce the evaluation's AP.
+    """
+    from genattn.engine.bootstrap import bootstrap_ap, box_ap, image_matches, percentile_interval
 
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.8))
-    for ax, key, label in ((axes[0], "fps", "inference speed (fps, batch 1)"),
-                           (axes[1], "mem_gb", "peak training memory (GB)")):
-        shown = 0
-        for r in rows:
-            x, y = getattr(r, key), r.box_ap
-            if x is None or y is None or x != x:
-                continue
-            shown += 1
-            ax.scatter([x], [100 * y], s=40)
-            ax.annotate(r.tag, (x, 100 * y), textcoords="offset points", xytext=(5, 4), fontsize=9)
-        if not shown:
-            ax.text(0.5, 0.5, "not measured", ha="center", va="center", transform=ax.transAxes)
-        ax.set_xlabel(label)
-        ax.set_ylabel("box AP")
-        ax.grid(alpha=0.3)
-    if title:
-        fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    dataset = _val_set(recipe, root)
+    with open(metrics["results_file"]) as f:
+        matches = image_matches(dataset.coco, json.load(f), img_ids=dataset.ids)
+    if abs(box_ap(matches) - float(metrics["AP"])) > 1e-9:
+        raise RuntimeError(f"{metrics['results_file']}: its box AP {box_ap(matches):.4f} is not the evaluation's "
+                           f"{float(metrics['AP']):.4f}")
+    resamples = bootstrap_ap(matches, samples=samples, seed=0)
+    return {"box_ap_ci": percentile_interval(resamples, level), "ap_resamples": tuple(float(v) for v in resamples)}
 
 
 def run_study(models: Sequence[str], *, data: str | Path, work_dir: str | Path | None = None,
@@ -222,5 +198,7 @@ def run_study(models: Sequence[str], *, data: str | Path, work_dir: str | Path |
                for name in models]
     rows = [study_model(r, root, work_dir / r.name, bench_images=bench_images, device=device,
                         memory_steps=memory_steps) for r in recipes]
+    from genattn.app.report import write_table
+
     files = write_table(rows, work_dir, title=f"genattn study on {root}")
     return {"rows": rows, "files": files, "markdown": files["markdown"].read_text(), "work_dir": work_dir}

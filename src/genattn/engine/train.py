@@ -124,7 +124,8 @@ def train(recipe: Recipe, *, data_root: str | os.PathLike | None = None,
         progress: show a progress bar (rank 0).
 
     Returns:
-        ``{'work_dir', 'checkpoint' (last one written), 'epoch', 'iter', 'metrics' (last evaluation or {}),
+        ``{'work_dir', 'checkpoint' (last one written), 'epoch', 'iter', 'metrics' (last evaluation, with its
+        detections file as ``'results_file'``, or {}),
         'bad_samples', 'nonfinite_skipped'}``.
 
     Raises:
@@ -316,8 +317,10 @@ def _save(run: _Run, tag: str) -> None:
 def _evaluate(run: _Run, tag: str) -> None:
     recipe, st = run.recipe, run.state
     logger.info("evaluating on %d images", len(run.val_ds))
+    out_file = run.work_dir / f"{tag}.bbox.json"
     metrics = evaluate(run.net, run.val_ds, num_workers=recipe.workers, device=run.device, amp=recipe.amp,
-                       out_file=run.work_dir / f"{tag}.bbox.json")
+                       out_file=out_file)
+    metrics["results_file"] = str(out_file)  # the detections behind these numbers (written by rank 0)
     st.metrics = metrics
     if metrics.get("per_class"):
         logger.info("%s: %s", tag, format_metrics(metrics))
