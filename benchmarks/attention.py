@@ -53,7 +53,7 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
     _import_genattn()
     from genattn.attention import GeneralizedAttention
     from genattn.attention import paths
-    from genattn.app.bench import status_kib
+    from genattn.app.bench import cuda_peak_bytes, status_kib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -89,11 +89,7 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
         sync()
         # one step for the peak memory
         if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            sync()
-            peak = torch.cuda.max_memory_allocated() - base
+            peak = cuda_peak_bytes(step, torch.device("cuda"))
         else:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current RSS
@@ -226,8 +222,10 @@ def main(argv=None) -> int:
         cases = []
         for shape in args.shapes:
             for attention_type in args.types:
+                # flex runs on a CPU for tests only (compiled per shape, no fused backward): not by default
                 impls = args.impls or ["materialize"] + [
-                    p for p in applicable(attention_type, -1, device) if p != "materialize"] + ["auto"]
+                    p for p in applicable(attention_type, -1, device)
+                    if p != "materialize" and (p != "flex" or device != "cpu")] + ["auto"]
                 cases += [(shape, attention_type, impl) for impl in impls
                           if impl in applicable(attention_type, -1, device) + ["auto"]]
         rounds = []
