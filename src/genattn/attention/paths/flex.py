@@ -75,12 +75,12 @@ def _mods(t: Terms):
             score = score + by[b, head, qi, kj // wk]
         return score
 
-    mask_mod = None
-    if t.window_x is not None:
-        win_x, win_y = t.window_x, t.window_y
+    if t.window_x is None:
+        return score_mod, None
+    win_x, win_y = t.window_x, t.window_y
 
-        def mask_mod(b, head, qi, kj):
-            return win_y[qi // wq, kj // wk] & win_x[qi % wq, kj % wk]
+    def mask_mod(b, head, qi, kj):
+        return win_y[qi // wq, kj // wk] & win_x[qi % wq, kj % wk]
 
     return score_mod, mask_mod
 

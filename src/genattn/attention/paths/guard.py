@@ -27,7 +27,7 @@ _DIFFERENTIABLE = ("value", "query", "key", "key_bias", "bias_x", "bias_y")
 _TOLERANCE = {torch.float64: 1e-6, torch.float32: 1e-2, torch.float16: 6e-2, torch.bfloat16: 6e-2}
 
 _failed: dict[tuple, dict[str, str]] = {}  # configuration -> {path: why it was dropped}
-_verified: set[tuple] = set()  # (configuration, path, sizes, 'fwd' | 'bwd')
+_verified: set[tuple] = set()  # (configuration, path, sizes, 'forward' | 'backward')
 
 Runner = Callable[[str, Terms], Tensor]
 
@@ -81,15 +81,18 @@ def _first_line(err: BaseException) -> str:
 
 def _mismatch(got: Tensor | None, want: Tensor | None) -> str | None:
     """Why ``got`` is not ``want`` (None when they agree within the dtype's tolerance)."""
-    if got is None or want is None:
-        return None if got is None and want is None else "gives no gradient where the reference does"
+    if want is None:  # nothing to compare with (a gradient the reference does not produce)
+        return None
+    if got is None:
+        return "gives no gradient where the reference does"
     if got.shape != want.shape:
         return f"returned shape {tuple(got.shape)} instead of {tuple(want.shape)}"
     if not torch.isfinite(got).all() and torch.isfinite(want).all():
         return "returned non-finite values"
     scale = want.abs().max().item() if want.numel() else 0.0
     err = (got.float() - want.float()).abs().max().item() if want.numel() else 0.0
-    if err > _TOLERANCE.get(want.dtype, 6e-2) * max(scale, 1e-30):
+    tolerance = max(_TOLERANCE.get(got.dtype, 6e-2), _TOLERANCE.get(want.dtype, 6e-2))  # the coarser dtype's
+    if err > tolerance * max(scale, 1e-30):
         return f"differs from the reference by {err:.3g} (largest reference magnitude {scale:.3g})"
     return None
 
