@@ -131,6 +131,7 @@ def flex_attention_path(t: Terms) -> Tensor:
     block_mask = None
     if mask_mod is not None:
         block_mask = create_block_mask(mask_mod, None, None, t.nq, t.nk, device=dev)
-    with torch._dynamo.config.patch(recompile_limit=RECOMPILE_LIMIT):
+    limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # < 2.7
+    with torch._dynamo.config.patch(**{limit: RECOMPILE_LIMIT}):
         out = _compiled_flex(dev.type == "cuda")(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0)
     return out[..., :dv]
