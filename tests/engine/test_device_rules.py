@@ -13,7 +13,8 @@ import torch.distributed as dist
 from tiny_setup import ToyDetector, make_coco, tiny_recipe
 from genattn.app import bench
 from genattn.data import CocoDetection
-from genattn.engine import checkpoint, distributed
+from genattn.engine import checkpoint, distributed, logger
+from genattn.engine import train as train_module
 from genattn.engine.evaluate import evaluate
 from genattn.engine.train import train
 from genattn.models import weights
@@ -169,3 +170,20 @@ def test_fp16_gradients_are_unscaled_before_clipping(monkeypatch, tmp_path):
               work_dir=tmp_path / amp, model=ToyDetector(), progress=False)
     assert len(norms) == 2 and norms[1] == pytest.approx(norms[0], rel=0.05)
     assert torch.backends.cudnn.benchmark is False  # left alone: detection inputs change size every batch
+
+
+def test_each_training_run_logs_its_own_cuda_peak(monkeypatch, tmp_path):
+    """log.json's memory is max_memory_allocated since the run started, not since an earlier run (genattn study
+    trains several models in one process)."""
+    fake = FakeAllocator(monkeypatch, resident=0, old_peak=9 * 2**20)  # an earlier run's peak: 9 MB
+    cuda = torch.device("cuda")
+    logger.reset_peak_memory(cuda)
+    fake.alloc(2**20)
+    assert logger.memory_mb(cuda) == 1
+    seen = []
+    monkeypatch.setattr(train_module, "reset_peak_memory", seen.append)
+    root = tmp_path / "data"
+    make_coco(root, "train2017", 2)
+    train(tiny_recipe(epochs=1, eval_interval=-1, max_iters=1), data_root=root, work_dir=tmp_path / "r",
+          model=ToyDetector(), progress=False)
+    assert seen == [torch.device("cpu")]

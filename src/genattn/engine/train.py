@@ -25,7 +25,7 @@ from genattn.engine import distributed as du
 from genattn.engine.build import check_categories, coco_paths, dataset_classes, seed_everything
 from genattn.engine.checkpoint import find_latest, load_training_checkpoint, rng_state, save_checkpoint, set_rng_state
 from genattn.engine.evaluate import autocast, evaluate, format_metrics, unwrap_loader_error
-from genattn.engine.logger import VAL_KEYS, JsonLogger, memory_mb
+from genattn.engine.logger import VAL_KEYS, JsonLogger, memory_mb, reset_peak_memory
 from genattn.engine.recipes import Recipe
 from genattn.engine.runlog import run_logging
 from genattn.engine.schedule import WarmupMultiStepLR
@@ -182,6 +182,7 @@ def _setup(recipe: Recipe, device: torch.device, work_dir: Path, files: DataFile
                               pretrained_backbone=recipe.pretrained_backbone if resume is None else None)
     check_categories(model, train_ds)
     model.to(device)
+    reset_peak_memory(device)
     if rank == 0:
         recipe.save(work_dir / "recipe.json")
 
