@@ -4,10 +4,10 @@ Every path maps the decomposed terms (``genattn.attention.terms.Terms``) to the 
 ``[N, h, Nq, dv]`` (``[N, h, 1, dv]`` for ``key_only``) and gives the same result up to rounding.
 
 ``'auto'`` picks ``key_only`` for '0010' (and '0000') without a window, ``separable`` for '0001' and
-FlexAttention on CUDA with Triton. Elsewhere (CPU): ``chunked`` when the position terms or a window widen sdpa's
-vectors and the map is large (at least ``CHUNKED_MIN_PAIRS`` query-key pairs per image and head), ``sdpa``
-otherwise (the numbers behind this are in ``choose`` and the README's benchmark table). An empty batch takes
-``materialize``, which handles it trivially.
+FlexAttention on CUDA with Triton (sdpa without). On a CPU: ``chunked`` when the position terms or a window
+widen sdpa's vectors and the map is large (at least ``CHUNKED_MIN_PAIRS`` query-key pairs per image and head),
+``sdpa`` otherwise (the numbers behind this are in ``candidates`` and the README's benchmark table). An empty
+batch takes ``materialize``, which handles it trivially.
 
 Off the CPU (where CI runs every path) ``'auto'`` runs its choice through ``guard.run_guarded`` with ``sdpa``
 and ``chunked`` behind it: a path that fails there, or gives a result that differs from ``chunked``'s, is
@@ -31,7 +31,7 @@ from genattn.attention.paths.materialize import materialize_attention
 from genattn.attention.paths.sdpa import sdpa_attention
 from genattn.attention.terms import Terms
 
-# Query-key pairs per image and head from which auto prefers chunked over sdpa (see choose).
+# Query-key pairs per image and head from which auto prefers chunked over sdpa on a CPU (see candidates).
 CHUNKED_MIN_PAIRS = 1 << 19
 
 ENV_VAR = "GENATTN_ATTENTION_IMPL"
@@ -97,8 +97,8 @@ def candidates(attention_type: str, spatial_range: int, t: Terms) -> list[str]:
         first = "key_only"
     elif attention_type == "0001":
         first = "separable"
-    elif flex_available(t.value.device) and t.value.device.type != "cpu":
-        first = "flex"
+    elif t.value.device.type != "cpu":  # the fused kernels (the chunked/sdpa timings below are a CPU's)
+        first = "flex" if flex_available(t.value.device) else "sdpa"
     else:
         # sdpa widens queries/keys by wk + hk one-hot columns (and values to the same width) for the position
         # terms or a window, which triples its matmuls; chunked keeps them d wide but pays per-block op
