@@ -174,3 +174,15 @@ def test_environment_variable_forces_a_path(monkeypatch):
     monkeypatch.setenv(paths.ENV_VAR, "key_only")
     with pytest.raises(ValueError, match=r"GENATTN_ATTENTION_IMPL='key_only': impl='key_only' needs"):
         m(x)
+
+
+def test_candidates_off_the_cpu_end_with_sdpa_and_chunked(monkeypatch):
+    def terms(device, **kw):  # shapes only ('meta' stands for a device CI does not have)
+        return guard.Terms(value=torch.empty(2, 2, 30, 8, device=device), hq=5, wq=6, hk=5, wk=6, **kw)
+
+    assert paths.candidates("1111", -1, terms("cpu")) == ["sdpa"]  # CPU: one path, no guard
+    assert paths.candidates("1111", -1, terms("meta")) == ["sdpa", "chunked"]  # no Triton there: sdpa first
+    assert paths.candidates("0010", -1, terms("meta")) == ["key_only", "sdpa", "chunked"]
+    assert paths.candidates("0001", -1, terms("meta")) == ["separable", "sdpa", "chunked"]
+    monkeypatch.setattr(paths, "flex_available", lambda device: True)
+    assert paths.candidates("1111", -1, terms("meta")) == ["flex", "sdpa", "chunked"]
