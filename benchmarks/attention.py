@@ -21,6 +21,7 @@ Usage::
     python benchmarks/attention.py --quick        # smoke run: 1 warm-up, 2 timed repeats
     python benchmarks/attention.py --types 1111 --shapes stage3 --json out.json
     python benchmarks/attention.py --rounds 3      # every case timed 3 times in turn: steadier on shared machines
+    python benchmarks/attention.py --device cuda --jsonl rows.jsonl   # each case's row appended when measured
 """
 
 from __future__ import annotations
@@ -33,7 +34,8 @@ import subprocess
 import sys
 import time
 
-SHAPES = {"stage3": (256, 50, 84), "stage4": (512, 25, 42)}
+SHAPES = {"stage3": (256, 50, 84), "stage4": (512, 25, 42), "tiny": (32, 10, 12)}  # tiny: smoke runs only
+DEFAULT_SHAPES = ("stage3", "stage4")
 TYPES = ("1111", "0010", "1000", "0100", "0001")
 BATCH, HEADS, KV_STRIDE = 2, 8, 2
 
@@ -53,7 +55,7 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
     _import_genattn()
     from genattn.attention import GeneralizedAttention
     from genattn.attention import paths
-    from genattn.app.bench import status_kib
+    from genattn.app.bench import cuda_peak_bytes, status_kib
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
@@ -63,11 +65,6 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
     with torch.no_grad():
         m.gamma.fill_(1.0)
     x = torch.randn(BATCH, channels, height, width, device=device)
-    with torch.no_grad():
-        chosen_fwd = paths.choose(impl, attention_type, -1, m.decompose(x))
-    chosen_fb = paths.choose(impl, attention_type, -1, m.decompose(x.requires_grad_()))
-    x.requires_grad_(False)
-    chosen = chosen_fwd if chosen_fwd == chosen_fb else f"{chosen_fwd}/{chosen_fb}"
 
     def sync():
         if device == "cuda":
@@ -82,18 +79,14 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
         m(xg).sum().backward()
         m.zero_grad(set_to_none=True)
 
-    result = {"device": device, "shape": shape, "type": attention_type, "impl": impl, "chosen": chosen}
+    result = {"device": device, "shape": shape, "type": attention_type, "impl": impl}
     for mode, step in (("fwd", forward), ("fb", forward_backward)):
         for _ in range(warmup):
             step()
         sync()
         # one step for the peak memory
         if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-            base = torch.cuda.memory_allocated()
-            step()
-            sync()
-            peak = torch.cuda.max_memory_allocated() - base
+            peak = cuda_peak_bytes(step, torch.device("cuda"))
         else:
             with open("/proc/self/clear_refs", "w") as f:
                 f.write("5")  # reset VmHWM to the current RSS
@@ -109,6 +102,12 @@ def measure_case(device: str, shape: str, attention_type: str, impl: str, warmup
             times.append(time.perf_counter() - start)
         result[f"{mode}_ms"] = statistics.median(times) * 1e3
         result[f"{mode}_mb"] = peak / 2**20
+    # What 'auto' ran, after the warm-up (off the CPU it may have dropped a path that failed there).
+    with torch.no_grad():
+        chosen_fwd = paths.choose(impl, attention_type, -1, m.decompose(x))
+    chosen_fb = paths.choose(impl, attention_type, -1, m.decompose(x.detach().requires_grad_()))
+    result["chosen"] = chosen_fwd if chosen_fwd == chosen_fb else f"{chosen_fwd}/{chosen_fb}"
+    result["fallbacks"] = paths.guard.fallbacks()
     return result
 
 
@@ -187,7 +186,7 @@ def main(argv=None) -> int:
                         help="'all': CPU, plus CUDA when available")
     parser.add_argument("--threads", type=int, default=2, help="CPU intra-op threads")
     parser.add_argument("--types", nargs="+", default=list(TYPES))
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(DEFAULT_SHAPES))
     parser.add_argument("--impls", nargs="+", default=None, help="paths to run (default: all applicable + auto)")
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
@@ -195,6 +194,7 @@ def main(argv=None) -> int:
                         help="time every case this many times, in turn (memory is read once)")
     parser.add_argument("--quick", action="store_true", help="smoke run: 1 warm-up, 2 timed repeats")
     parser.add_argument("--json", help="also write the raw results here")
+    parser.add_argument("--jsonl", help="append each case's result to this file as soon as it is measured")
     parser.add_argument("--_case", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args._case:
@@ -226,8 +226,10 @@ def main(argv=None) -> int:
         cases = []
         for shape in args.shapes:
             for attention_type in args.types:
+                # flex runs on a CPU for tests only (compiled per shape, no fused backward): not by default
                 impls = args.impls or ["materialize"] + [
-                    p for p in applicable(attention_type, -1, device) if p != "materialize"] + ["auto"]
+                    p for p in applicable(attention_type, -1, device)
+                    if p != "materialize" and (p != "flex" or device != "cpu")] + ["auto"]
                 cases += [(shape, attention_type, impl) for impl in impls
                           if impl in applicable(attention_type, -1, device) + ["auto"]]
         rounds = []
@@ -240,6 +242,9 @@ def main(argv=None) -> int:
                         r.update(fwd_mb=rounds[0][len(results)]["fwd_mb"], fb_mb=rounds[0][len(results)]["fb_mb"])
                 else:
                     r = measure_case(device, shape, attention_type, impl, args.warmup, args.repeats, args.threads)
+                if args.jsonl:
+                    with open(args.jsonl, "a") as f:
+                        f.write(json.dumps(dict(r, round=k + 1)) + "\n")
                 print(f"# round {k + 1}/{args.rounds} {device} {shape} {attention_type} {impl}: fwd "
                       f"{r['fwd_ms']:.1f} ms {r['fwd_mb']:.0f} MB, f+b {r['fb_ms']:.1f} ms {r['fb_mb']:.0f} MB",
                       file=sys.stderr, flush=True)

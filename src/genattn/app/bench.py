@@ -5,7 +5,7 @@
   CUDA around each call; fps = 1 / median.
 * **Peak training memory (GB)**: a few SGD steps (momentum, so the optimizer state counts) on random images
   with random boxes. On CUDA: ``torch.cuda.max_memory_allocated`` after resetting the peak, like
-  MMDetection's logs. On CPU no allocator statistics exist, so a fresh subprocess runs the steps and reports
+  MMDetection's logs, less what was allocated before the model was built (a model timed just before, say). On CPU no allocator statistics exist, so a fresh subprocess runs the steps and reports
   its peak resident set (``VmHWM`` in ``/proc/self/status``) minus its resident set after importing torch and
   genattn (before the model is built): the model, its gradients, the optimizer state and the activations,
   plus allocator slack. CPU and CUDA figures are therefore comparable between models but not to each other.
@@ -25,7 +25,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from tqdm import tqdm
@@ -33,7 +33,7 @@ from tqdm import tqdm
 from genattn.models import Classes, ModelConfig, load_model
 
 __all__ = ["BenchResult", "benchmark", "inference_speed", "training_memory", "training_step_time", "format_result",
-           "device_name", "status_kib"]
+           "device_name", "status_kib", "cuda_peak_bytes"]
 
 
 @dataclass(frozen=True)
@@ -187,6 +187,17 @@ def status_kib(field: str) -> int:
     raise RuntimeError(f"{field} not found in /proc/self/status")
 
 
+def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak CUDA memory that ``fn()`` allocates, in bytes: the allocator's peak since a reset made just before
+    ``fn`` runs, less what was already allocated then (so other live tensors do not count)."""
+    torch.cuda.synchronize(device)
+    before = torch.cuda.memory_allocated(device)
+    torch.cuda.reset_peak_memory_stats(device)
+    fn()
+    torch.cuda.synchronize(device)
+    return torch.cuda.max_memory_allocated(device) - before
+
+
 def training_memory(config: ModelConfig, classes: Classes | None = None, *, device: str | torch.device | None = None,
                     steps: int = 3, batch_size: int = 2, input_size: tuple[int, int] = (480, 640),
                     threads: int | None = None) -> dict[str, Any]:
@@ -208,16 +219,14 @@ def training_memory(config: ModelConfig, classes: Classes | None = None, *, devi
         raise ValueError(f"steps must be >= 1, got {steps}")
     device = _device(device)
     if device.type == "cuda":
-        model = config.build(classes).to(device)
-        torch.cuda.synchronize(device)
-        torch.cuda.reset_peak_memory_stats(device)
-        base = torch.cuda.memory_allocated(device)
-        _train_steps(model, device, steps=steps, batch_size=batch_size, input_size=input_size)
-        torch.cuda.synchronize(device)
-        # Count the model's own parameters like MMDetection does (its models are on the GPU from the start).
-        peak = torch.cuda.max_memory_allocated(device)
-        del model
-        return {"mem_gb": peak / 2**30, "mem_method": f"torch.cuda.max_memory_allocated (base {base / 2**30:.2f} GB)"}
+        # The model is built inside the measurement: MMDetection's figures count its parameters too.
+        def steps_of_a_new_model():
+            model = config.build(classes).to(device)
+            _train_steps(model, device, steps=steps, batch_size=batch_size, input_size=input_size)
+
+        peak = cuda_peak_bytes(steps_of_a_new_model, device)
+        return {"mem_gb": peak / 2**30,
+                "mem_method": "torch.cuda.max_memory_allocated, model included, other tensors excluded"}
     if not Path("/proc/self/status").exists():
         return {"mem_gb": float("nan"), "mem_method": "unavailable (needs /proc/self/status)"}
     job = {"config": config.to_dict(), "classes": (classes or Classes.coco()).to_dict(), "steps": steps, "batch_size": batch_size, "input_size": list(input_size),

@@ -75,7 +75,8 @@ _MODEL_HELP = ("model name, e.g. faster_rcnn_r50_fpn_attention_1111_1x_coco (fas
 
 def _add_impl(p: argparse.ArgumentParser) -> None:
     p.add_argument("--impl", choices=_IMPLS, help="the attention path of every attention block (default auto: "
-                   "the fastest exact path for the device and map size); no effect without attention")
+                   "the fastest exact path for the device and map size, or the path named by the environment "
+                   "variable GENATTN_ATTENTION_IMPL); no effect without attention")
 
 
 def _add_model_settings(p: argparse.ArgumentParser, set_help: str) -> None:

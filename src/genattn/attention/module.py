@@ -57,11 +57,13 @@ Computation paths (``impl``; all give the same result, see ``genattn.attention.p
 * ``'materialize'``: the original algorithm, full ``[N, h, Nq, Nk]`` energy. The yardstick.
 * ``'chunked'``: flash-style custom autograd over blocks of queries; keeps no scores, recomputes them.
 * ``'sdpa'``: ``scaled_dot_product_attention`` on vectors augmented with the decomposed position/bias terms.
-* ``'flex'``: FlexAttention with a score_mod (CUDA only).
+* ``'flex'``: FlexAttention with a score_mod (CUDA; on a CPU for tests, see ``paths.flex``).
 * ``'key_only'``: '0010' (or '0000') without spatial_range: one context vector per image.
 * ``'separable'``: '0001': the softmax factorises into an x softmax times a y softmax.
 * ``'auto'``: key_only / separable where they apply; otherwise flex on CUDA (with Triton); elsewhere chunked on
-  large maps when position terms or a window are on, sdpa otherwise (see ``paths.choose``).
+  large maps when position terms or a window are on, sdpa otherwise (see ``paths.candidates``). Off the CPU a
+  path that fails, or disagrees with ``chunked``, is dropped with a warning (``paths.guard``). The environment
+  variable ``GENATTN_ATTENTION_IMPL`` replaces ``'auto'``.
 """
 
 from __future__ import annotations
@@ -245,8 +247,8 @@ class GeneralizedAttention(nn.Module):
         """
         self._check_input(x)
         t = self.decompose(x)
-        name = paths.choose(self.impl, self.attention_type, self.spatial_range, t)
-        out = paths.run(name, t)  # [N, h, Nq', dv]; Nq' = 1 for key_only (one context vector per image)
+        # [N, h, Nq', dv]; Nq' = 1 for key_only (one context vector per image)
+        out = paths.attend(self.impl, self.attention_type, self.spatial_range, t)
         n = x.shape[0]
         hq, wq = (1, 1) if out.shape[2] == 1 and t.nq != 1 else (t.hq, t.wq)
         out = out.transpose(-1, -2).reshape(n, self.num_heads * self.v_dim, hq, wq)

@@ -40,25 +40,31 @@ _ITER_FILE = re.compile(r"^iter_(\d+)\.pth$")
 
 
 def rng_state() -> dict[str, Any]:
-    """This process's random generator states (python, numpy, torch, cuda) as plain values and tensors."""
+    """This process's random generator states (python, numpy, torch, and its current CUDA device's) as plain
+    values and tensors. Only the process's own GPU: another machine may resume it with fewer GPUs visible."""
     np_state = np.random.get_state()
     state = {"python": random.getstate(),
              "numpy": [np_state[0], np_state[1].tolist(), *np_state[2:]],
              "torch": torch.get_rng_state()}
     if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
+        state["cuda"] = torch.cuda.get_rng_state()
     return state
 
 
 def set_rng_state(state: dict[str, Any]) -> None:
-    """Restore states captured by :func:`rng_state`."""
+    """Restore states captured by :func:`rng_state` (the CUDA state onto the current device)."""
     version, internal, gauss = state["python"]
     random.setstate((version, tuple(internal), gauss))
     name, keys, *rest = state["numpy"]
     np.random.set_state((name, np.asarray(keys, dtype=np.uint32), *rest))
     torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
+    cuda = state.get("cuda")
+    if cuda is not None and torch.cuda.is_available():
+        if isinstance(cuda, (list, tuple)):  # older checkpoints: every visible GPU's state
+            index = torch.cuda.current_device()
+            cuda = cuda[index] if index < len(cuda) else None
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda)
 
 
 def save_checkpoint(state: dict[str, Any], path: str | os.PathLike) -> Path:

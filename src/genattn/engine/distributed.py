@@ -40,7 +40,8 @@ def init_distributed(device: str = "auto") -> tuple[torch.device, bool]:
     """Join the process group described by torchrun's environment variables, if there is one.
 
     With ``WORLD_SIZE`` > 1 (and no group yet) this calls ``init_process_group`` with nccl on CUDA and gloo on
-    CPU; otherwise it does nothing. On CUDA the process uses GPU ``LOCAL_RANK``.
+    CPU; otherwise it does nothing. On CUDA the process uses GPU ``LOCAL_RANK`` and makes it the current device
+    before the group exists: NCCL needs one GPU per process, and collectives run on the current device.
 
     Args:
         device: 'auto' (CUDA if available), 'cpu' or 'cuda'.
@@ -54,8 +55,13 @@ def init_distributed(device: str = "auto") -> tuple[torch.device, bool]:
     if device == "cuda" and not torch.cuda.is_available():
         raise ValueError("device 'cuda' requested but CUDA is not available")
     if device == "cuda":
-        torch.cuda.set_device(local_rank())
-        dev = torch.device("cuda", local_rank())
+        index, count = local_rank(), torch.cuda.device_count()
+        if index >= count:
+            raise ValueError(f"LOCAL_RANK {index} but this machine has {count} GPU(s): NCCL needs one GPU per "
+                             f"process, so start at most {count} process(es) per machine (torchrun "
+                             f"--nproc_per_node {count})")
+        torch.cuda.set_device(index)
+        dev = torch.device("cuda", index)
     else:
         dev = torch.device("cpu")
     created = False
@@ -69,7 +75,11 @@ def init_distributed(device: str = "auto") -> tuple[torch.device, bool]:
 
 
 def barrier() -> None:
-    if is_distributed():
+    if not is_distributed():
+        return
+    if dist.get_backend() == "nccl":  # name this process's GPU rather than let NCCL guess it from the rank
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
         dist.barrier()
 
 

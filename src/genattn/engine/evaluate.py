@@ -137,8 +137,10 @@ def evaluate(model: torch.nn.Module, dataset: CocoDetection, *, batch_size: int 
     was_training = net.training
     net.eval()
     sampler = ShardedSampler(len(dataset))
+    # Pinned batches make the non_blocking copies below asynchronous on CUDA; pinning needs an accelerator.
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
-                                         num_workers=num_workers, generator=torch.Generator())
+                                         num_workers=num_workers, generator=torch.Generator(),
+                                         pin_memory=device.type == "cuda")
     results: list[dict] = []
     bar = None
     if progress and du.is_main_process():

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["JsonLogger", "memory_mb", "VAL_KEYS"]
+__all__ = ["JsonLogger", "memory_mb", "reset_peak_memory", "VAL_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -27,8 +27,17 @@ VAL_KEYS = {"AP": "bbox_mAP", "AP50": "bbox_mAP_50", "AP75": "bbox_mAP_75", "APs
             "APm": "bbox_mAP_m", "APl": "bbox_mAP_l"}
 
 
+def reset_peak_memory(device: torch.device) -> None:
+    """Start :func:`memory_mb`'s CUDA peak afresh (a run's log then shows its own peak, not that of an earlier
+    run in the same process, e.g. ``genattn study``'s previous model). The CPU's peak resident set cannot be
+    reset."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
 def memory_mb(device: torch.device) -> int:
-    """Peak memory in MB: CUDA allocated on a GPU, else the process's peak resident set."""
+    """Peak memory in MB: CUDA allocated on a GPU (since :func:`reset_peak_memory`), else the process's peak
+    resident set."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device) / 2**20)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS

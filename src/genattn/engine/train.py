@@ -30,7 +30,7 @@ from genattn.engine.build import check_categories, coco_paths, dataset_classes, 
 from genattn.engine.checkpoint import (find_latest, load_training_checkpoint, prune_iter_checkpoints, rng_state,
                                        save_checkpoint, set_rng_state)
 from genattn.engine.evaluate import autocast, evaluate, format_metrics, unwrap_loader_error
-from genattn.engine.logger import VAL_KEYS, JsonLogger, memory_mb
+from genattn.engine.logger import VAL_KEYS, JsonLogger, memory_mb, reset_peak_memory
 from genattn.engine.preemption import CheckpointPolicy, Preempted, ignore_stop_signals
 from genattn.engine.recipes import Recipe
 from genattn.engine.runlog import run_logging
@@ -193,6 +193,7 @@ def _setup(recipe: Recipe, device: torch.device, work_dir: Path, files: DataFile
                               pretrained_backbone=recipe.pretrained_backbone if resume is None else None)
     check_categories(model, train_ds)
     model.to(device)
+    reset_peak_memory(device)
     if rank == 0:
         recipe.save(work_dir / "recipe.json")
 
