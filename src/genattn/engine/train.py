@@ -26,7 +26,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from genattn.data import CocoDetection, GroupedBatchSampler, collate
 from genattn.engine import distributed as du
-from genattn.engine.build import check_categories, coco_paths, dataset_classes, seed_everything
+from genattn.engine.build import DataFiles, check_categories, dataset_classes, seed_everything, training_datasets
 from genattn.engine.checkpoint import (find_latest, load_training_checkpoint, prune_iter_checkpoints, rng_state,
                                        save_checkpoint, set_rng_state)
 from genattn.engine.evaluate import autocast, evaluate, format_metrics, unwrap_loader_error
@@ -38,20 +38,9 @@ from genattn.engine.schedule import WarmupMultiStepLR
 from genattn.models.classes import Classes
 from genattn.models.weights import genattn_record, load_model
 
-__all__ = ["train", "DataFiles", "TrainState"]
+__all__ = ["train", "TrainState"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class DataFiles:
-    """Where the data is: a COCO-layout root (splits from the recipe) and/or explicit files, which win."""
-
-    root: str | os.PathLike | None = None
-    train_ann: str | os.PathLike | None = None
-    train_images: str | os.PathLike | None = None
-    val_ann: str | os.PathLike | None = None
-    val_images: str | os.PathLike | None = None
 
 
 @dataclass
@@ -160,31 +149,10 @@ def train(recipe: Recipe, *, data_root: str | os.PathLike | None = None,
             torch.distributed.destroy_process_group()
 
 
-def _datasets(recipe: Recipe, files: DataFiles) -> tuple[CocoDetection, CocoDetection | None]:
-    img_dir, ann = coco_paths(files.root, recipe.train_split, ann_file=files.train_ann, img_dir=files.train_images)
-    train_ds = CocoDetection(img_dir, ann, train=True, flip_prob=recipe.flip_prob, seed=recipe.seed,
-                             bad_sample="skip")
-    s = train_ds.stats
-    logger.info("training set %s: %d images, %d kept (%d without usable boxes and %d smaller than 32 px "
-                "dropped), %d crowd boxes ignored, %d boxes under 1 px or outside the image dropped, %d images "
-                "read as stored (annotated without their EXIF orientation)", ann, s["images"], s["images_kept"],
-                s["images_without_boxes_dropped"], s["small_images_dropped"], s["crowd_boxes_ignored"],
-                s["small_boxes_dropped"], s["exif_orientation_ignored"])
-    val_ds = None
-    if recipe.eval_interval >= 0 and (files.root is not None or files.val_ann is not None):
-        img_dir, ann = coco_paths(files.root, recipe.val_split, ann_file=files.val_ann, img_dir=files.val_images)
-        val_ds = CocoDetection(img_dir, ann, train=False)
-        if tuple(val_ds.category_ids) != tuple(train_ds.category_ids):
-            raise ValueError(f"annotation file {ann}: categories differ from the training set's ({train_ds.ann_file})")
-        logger.info("validation set %s: %d images, %d read as stored (annotated without their EXIF orientation)",
-                    ann, len(val_ds), val_ds.stats["exif_orientation_ignored"])
-    return train_ds, val_ds
-
-
 def _setup(recipe: Recipe, device: torch.device, work_dir: Path, files: DataFiles, resume, model) -> _Run:
     """Data, model, optimiser, schedule and state of a run (restored from ``resume`` if given)."""
     rank, world = du.get_rank(), du.get_world_size()
-    train_ds, val_ds = _datasets(recipe, files)
+    train_ds, val_ds = training_datasets(recipe, files)
     classes = dataset_classes(train_ds)
     seed_everything(recipe.seed)
     if model is None:
