@@ -32,7 +32,7 @@ from tqdm import tqdm
 
 from genattn.models import Classes, ModelConfig, load_model
 
-__all__ = ["BenchResult", "benchmark", "inference_speed", "training_memory", "training_step_time", "format_result",
+__all__ = ["BenchResult", "benchmark", "bench_result", "inference_speed", "interleaved_speed", "training_memory", "training_step_time", "format_result",
            "device_name", "status_kib", "cuda_peak_bytes"]
 
 
@@ -125,6 +125,31 @@ def inference_speed(model: torch.nn.Module, images: Sequence[torch.Tensor], *, w
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
     return {"median_s": median, "fps": 1.0 / median, "times_s": times}
+
+
+@torch.inference_mode()
+def interleaved_speed(models: Sequence[torch.nn.Module], images: Sequence[torch.Tensor], *, warmup: int = 1
+                      ) -> list[dict[str, Any]]:
+    """:func:`inference_speed` of several models timed in turn: image ``i`` goes through every model before
+    image ``i + 1`` does, so that a machine whose speed drifts over minutes (a shared or throttled CPU) slows
+    every model alike instead of whichever happens to be timed last. ``warmup`` untimed calls per model first.
+    """
+    if not images:
+        raise ValueError("interleaved_speed needs at least one image")
+    device = images[0].device
+    for model in models:
+        model.eval()
+        for i in range(max(warmup, 0)):
+            model([images[i % len(images)]])
+    times: list[list[float]] = [[] for _ in models]
+    for image in images:
+        for model, model_times in zip(models, times):
+            _sync(device)
+            start = time.perf_counter()
+            model([image])
+            _sync(device)
+            model_times.append(time.perf_counter() - start)
+    return [{"median_s": statistics.median(t), "fps": 1.0 / statistics.median(t), "times_s": t} for t in times]
 
 
 def _random_batch(batch_size: int, input_size: tuple[int, int], category_ids: Sequence[int],
@@ -305,13 +330,21 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
         mem_size = tuple(timed[0].shape[-2:]) if images else input_size
         memory = training_memory(config, Classes(net.category_ids, net.class_names), device=dev, steps=memory_steps,
                                  batch_size=batch_size, input_size=mem_size, threads=threads)
+    return bench_result(config, dev, speed, memory, warmup=warmup, input_size=tuple(timed[0].shape[-2:]))
+
+
+def bench_result(config: ModelConfig, device: torch.device, speed: Mapping[str, Any], memory: Mapping[str, Any], *,
+                 warmup: int, input_size: tuple[int, int]) -> BenchResult:
+    """The :class:`BenchResult` of ``config`` from a speed measurement (:func:`inference_speed`) and a memory one
+    (:func:`training_memory`, or ``{'mem_gb': None, 'mem_method': None}``)."""
     attention = config.backbone.attention_cfg if config.attention_type else None
     return BenchResult(model=config.name, backbone=config.backbone.label,
-                       impl=attention.impl if attention is not None else None, device=str(dev),
-                       device_name=device_name(dev),
-                       threads=torch.get_num_threads(), num_images=num_images, warmup=warmup,
-                       input_size=tuple(timed[0].shape[-2:]), image_size=(config.min_size, config.max_size),
-                       median_ms=speed["median_s"] * 1e3, fps=speed["fps"], torch=torch.__version__, **memory)
+                       impl=attention.impl if attention is not None else None, device=str(device),
+                       device_name=device_name(device), threads=torch.get_num_threads(),
+                       num_images=len(speed["times_s"]), warmup=warmup, input_size=tuple(input_size),
+                       image_size=(config.min_size, config.max_size), median_ms=speed["median_s"] * 1e3,
+                       fps=speed["fps"], torch=torch.__version__, mem_gb=memory["mem_gb"],
+                       mem_method=memory["mem_method"])
 
 
 def format_result(result: BenchResult) -> str:

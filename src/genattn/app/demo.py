@@ -45,7 +45,7 @@ DEMO_DCN_MODELS = study_models(dcn=True)  # '0010' + DCN, '1111' + DCN
 COST_MODELS = tuple((name, None) for name in DEMO_MODELS) + ((DEMO_MODELS[-1], "materialize"),)
 #: The seed's input size (MMDetection's 1333x800 resize) for the cost measurement.
 COST_INPUT = (800, 1333)
-COST_IMAGES = 3  # timed images per model (no untimed warm-up: the median leaves out a slow first call)
+COST_IMAGES = 3  # timed images per model, after one untimed warm-up call
 
 #: The whole default demo (three models) on a 2-core CPU, with a minute to spare within 15 minutes. The cost
 #: measurement runs first; the three models' training then gets what is left, less :data:`RESERVE_S`.
@@ -137,21 +137,38 @@ def cost_configs(*, quick: bool = False) -> list[ModelConfig]:
 def measure_cost(*, quick: bool = False, threads: int | None = None) -> list["BenchResult"]:
     """Inference speed and peak training memory of :func:`cost_configs` (see :mod:`genattn.app.bench`).
 
-    Full size: :data:`COST_IMAGES` timed random images of :data:`COST_INPUT` at batch 1, and one training step at
-    batch 1 in a fresh process for the memory. ``quick``: 2 timed 64 px images, no memory.
+    Full size: one untimed warm-up and :data:`COST_IMAGES` timed random images of :data:`COST_INPUT` at batch 1
+    per model, the models timed in turn image by image (:func:`~genattn.app.bench.interleaved_speed`: a drifting
+    machine slows them alike), and one training step at batch 1 in a fresh process for the memory. ``quick``:
+    2 timed 64 px images, no memory.
     """
+    import torch
+
     from genattn.app import bench
     from genattn.app.report import cost_label
+    from genattn.models import load_model
 
+    if threads:
+        torch.set_num_threads(threads)
+    size, num_images = ((64, 64), 2) if quick else (COST_INPUT, COST_IMAGES)
+    gen = torch.Generator().manual_seed(0)
+    images = [torch.randint(0, 256, (3, *size), generator=gen, dtype=torch.uint8) for _ in range(num_images)]
+    configs = cost_configs(quick=quick)
+    start = time.perf_counter()
+    nets = [load_model(config)[0].eval() for config in configs]
+    speeds = bench.interleaved_speed(nets, images, warmup=1)
+    del nets
+    _say(f"    inference timed in {time.perf_counter() - start:.0f} s (models in turn, image by image)")
     results = []
-    for config in cost_configs(quick=quick):
+    cpu = torch.device("cpu")
+    for config, speed in zip(configs, speeds):
         start = time.perf_counter()
-        result = bench.benchmark(config, device="cpu", num_images=2 if quick else COST_IMAGES, warmup=0,
-                                 input_size=(64, 64) if quick else COST_INPUT, memory_steps=0 if quick else 1,
-                                 batch_size=1, threads=threads)
-        mem = f", {result.mem_gb:.2f} GB in training" if result.mem_gb is not None else ""
-        _say(f"    {cost_label(result)}: {result.fps:.3g} fps ({result.median_ms / 1e3:.2f} s per image){mem}; "
-             f"measured in {time.perf_counter() - start:.0f} s")
+        memory = ({"mem_gb": None, "mem_method": None} if quick else
+                  bench.training_memory(config, device=cpu, steps=1, batch_size=1, input_size=size, threads=threads))
+        result = bench.bench_result(config, cpu, speed, memory, warmup=1, input_size=size)
+        mem = f", {result.mem_gb:.2f} GB in training (measured in {time.perf_counter() - start:.0f} s)" \
+            if result.mem_gb is not None else ""
+        _say(f"    {cost_label(result)}: {result.fps:.3g} fps ({result.median_ms / 1e3:.2f} s per image){mem}")
         results.append(result)
     return results
 
