@@ -43,11 +43,12 @@ def test_help_subprocess():
     out = subprocess.run([sys.executable, "-m", "genattn", "--help"], capture_output=True, text=True,
                          env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
     assert out.returncode == 0
-    for command in ("train", "test", "bench", "detect", "attention", "convert", "study", "demo"):
+    for command in ("train", "test", "bench", "detect", "attention", "export", "convert", "study", "demo"):
         assert command in out.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "test", "bench", "detect", "attention", "convert", "study", "demo"])
+@pytest.mark.parametrize("command", ["train", "test", "bench", "detect", "attention", "export", "convert", "study",
+                                     "demo"])
 def test_every_subcommand_has_help(command, capsys):
     assert main([command, "--help"]) == 0
     assert "usage: genattn " + command in capsys.readouterr().out
@@ -64,6 +65,8 @@ def test_every_subcommand_has_help(command, capsys):
     (["detect", BASE, "x.png", "--checkpoint", "missing.pth", *TINY], "checkpoint missing.pth: not found"),
     (["train", BASE, "--data", "/no/such/dir"], "data root not found"),
     (["convert", "missing.pth", "out.pth", "--model", BASE], "checkpoint missing.pth: not found"),
+    (["export", BASE, "--checkpoint", "missing.pth", "--out", "m"], "checkpoint missing.pth: not found"),
+    (["export", BASE, "--out", "m"], "required: --checkpoint"),
     (["bench", BASE, "--set", "heads.fpn_channel=8"], "unknown key 'fpn_channel'; valid keys: fpn_channels"),
     (["bench", BASE, "--set", "base_lr=0.1"], "unknown key 'base_lr'; valid keys: backbone, heads, min_size"),
     (["bench", ATT, "--impl", "key_only"], "impl='key_only' needs attention_type '0010'"),

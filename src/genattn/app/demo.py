@@ -176,6 +176,7 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
     import torch
 
     from genattn.app import pictures, report, study
+    from genattn.app.detect import detect_images
     from genattn.data.synthetic import ensure_shapes_dataset
 
     start = time.perf_counter()
@@ -274,7 +275,7 @@ def _pictures(rows, data, work_dir: Path, pictures):
         val = json.load(f)
     image_id = max(val["images"], key=lambda im: sum(a["image_id"] == im["id"] for a in val["annotations"]))["id"]
     image_file = data.val_images / next(im["file_name"] for im in val["images"] if im["id"] == image_id)
-    det = pictures.detect_images(model, [image_file], work_dir / "detect", score_thr=0.3)
+    det = detect_images(model, [image_file], work_dir / "detect", score_thr=0.3)
     ann = max((a for a in val["annotations"] if a["image_id"] == image_id), key=lambda a: a["bbox"][2] * a["bbox"][3])
     x, y, w, h = ann["bbox"]
     point = (int(x + w / 2), int(y + h / 2))

@@ -32,6 +32,8 @@ from typing import Iterator
 import torch
 from torch import Tensor, nn
 
+from genattn.models.weights import _atomic
+
 __all__ = ["ImageDetector", "export_program", "save_program", "load_program", "export_onnx", "EXPORTABLE_IMPLS"]
 
 #: Attention paths that trace into tensor operations (``'auto'`` is mapped onto one of them).
@@ -128,21 +130,12 @@ def export_program(model: nn.Module, example: Tensor | None = None) -> torch.exp
         return torch.export.export(ImageDetector(model), (example,), dynamic_shapes={"image": dims})
 
 
-def _atomic(path: str | os.PathLike, write) -> Path:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
-
-
 def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
     """Write ``program`` to ``path`` (a ``.pt2`` file, written to a temporary name and renamed)."""
-    return _atomic(path, lambda tmp: torch.export.save(program, tmp))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda f: torch.export.save(program, f))
+    return path
 
 
 def load_program(path: str | os.PathLike) -> nn.Module:
@@ -155,7 +148,7 @@ def load_program(path: str | os.PathLike) -> nn.Module:
 
 def _float64_symbols() -> dict:
     """ONNX translations that replace the exporter's: Python's arithmetic on sizes in float64 (the exporter's
-    own use float32), and a tensor modulo a symbolic size."""
+    own use float32) and with Python's floor division, and a tensor modulo a symbolic size."""
     from onnxscript import opset18 as op
     from onnxscript.onnx_types import DOUBLE
 
@@ -176,8 +169,14 @@ def _float64_symbols() -> dict:
     def remainder(self, other):
         return op.Mod(self, op.CastLike(other, self))
 
+    # Python's // on sizes floors; the exporter's translation (ONNX's integer Div) truncates towards zero, which
+    # differs for negative operands. (a - a mod b) / b is exact in integers and floors like Python.
+    def floordiv(self, other):
+        other = op.CastLike(other, self)
+        return op.Div(op.Sub(self, op.Mod(self, other)), other)
+
     return {torch.sym_float: sym_float, operator.truediv: truediv, operator.add: add, operator.mul: mul,
-            torch.ops.aten.remainder.Scalar: remainder}
+            operator.floordiv: floordiv, torch.ops.aten.remainder.Scalar: remainder}
 
 
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor | None = None, *,
@@ -209,4 +208,8 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor | Non
         onnx_program = torch.onnx.export(program, dynamo=True, input_names=["image"],
                                          output_names=["boxes", "scores", "labels"],
                                          custom_translation_table=_float64_symbols(), verbose=False)
-    return _atomic(path, lambda tmp: onnx_program.save(tmp))
+    data = onnx_program.model_proto.SerializeToString()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    _atomic(path, lambda f: f.write(data))
+    return path

@@ -56,7 +56,7 @@ class MultiLevelRoIAlign(nn.Module):
             rois: ``[R, 5]`` rows ``(batch index, x1, y1, x2, y2)`` in padded-input pixels.
 
         Returns:
-            ``[R, C, output_size, output_size]``.
+            ``[R, C, output_size, output_size]`` in the features' dtype.
         """
         c = features[0].shape[1]
         # Pool in float32 under autocast (RoI coordinates need it; MMDetection's RoIAlign is fp32 too).
@@ -68,7 +68,9 @@ class MultiLevelRoIAlign(nn.Module):
             idx = torch.nonzero(levels == lvl).squeeze(1)  # may be empty: roi_align takes no boxes
             out[idx] = roi_align(features[lvl].to(dtype), rois[idx], self.output_size, spatial_scale=1.0 / stride,
                                  sampling_ratio=self.sampling_ratio, aligned=True)
-        return out
+        # Back in the features' dtype: a bfloat16 / half model's box head takes its own dtype (under autocast
+        # the head's linear layers cast their input anyway).
+        return out.to(features[0].dtype)
 
 
 class BBoxHead(nn.Module):

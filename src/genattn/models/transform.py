@@ -139,12 +139,14 @@ class DetectionTransform(torch.nn.Module):
             else:
                 # cv2 INTER_LINEAR's sampling: half-pixel centres, no antialiasing when shrinking.
                 out = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]
-                resized.append((out - self.float_mean.to(out)) / self.float_std.to(out))
+                # In the model's dtype (the tables'), so a bfloat16 or half model takes float images too.
+                out = (out - self.float_mean.to(out)) / self.float_std.to(out)
+                resized.append(out.to(self.pixel_table.dtype))
             sizes.append((h, w))
             originals.append((oh, ow))
         d = self.size_divisor
-        ph = -(-max(s[0] for s in sizes) // d) * d
-        pw = -(-max(s[1] for s in sizes) // d) * d
+        ph = (max(s[0] for s in sizes) + d - 1) // d * d
+        pw = (max(s[1] for s in sizes) + d - 1) // d * d
         # Zero padding after normalisation, as MMDetection's Pad (applied after Normalize) does.
         batch = torch.stack([F.pad(t, (0, pw - t.shape[2], 0, ph - t.shape[1])) for t in resized])
         out_batch = ImageBatch(batch, sizes, originals)
