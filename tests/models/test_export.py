@@ -5,6 +5,7 @@ CPU), shared by the module's tests through fixtures.
 """
 
 import numpy as np
+import onnxruntime as ort  # the test extra installs it
 import pytest
 import torch
 from torchvision.ops import box_iou
@@ -15,8 +16,6 @@ from genattn.models.export import _exportable, _float64_symbols, export_onnx
 from genattn.models.transform import resized_size
 from genattn.models.weights import atomic_save, genattn_record
 from trained_tiny import CLASSES, MODEL, picture
-
-ort = pytest.importorskip("onnxruntime", reason="the test extra installs onnxruntime")
 
 
 @pytest.fixture(scope="module")
