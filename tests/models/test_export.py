@@ -4,6 +4,8 @@ Cost: one tiny training (about 10-30 s) and one export (torch.export + ONNX, abo
 CPU), shared by the module's tests through fixtures.
 """
 
+import sys
+
 import numpy as np
 import onnxruntime as ort  # the test extra installs it
 import pytest
@@ -91,6 +93,14 @@ def test_export_of_an_unknown_model_is_one_line(exported, tmp_path, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown model 'no_such_model'" in err[0], err
     assert not list(tmp_path.iterdir())
+
+
+def test_export_without_the_onnx_packages_is_one_line(exported, tmp_path, capsys, monkeypatch):
+    monkeypatch.setitem(sys.modules, "onnxscript", None)  # import onnxscript now raises ImportError
+    assert main(["export", MODEL, "--checkpoint", str(exported[2]), "--out", str(tmp_path / "m")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "pip install 'genattn[export]'" in err[0], err
+    assert not list(tmp_path.iterdir())  # checked before tracing
 
 
 def test_onnx_size_arithmetic_is_float64(tmp_path):

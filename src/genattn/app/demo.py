@@ -176,7 +176,6 @@ def run_demo(work_dir: str | Path | None = None, *, dcn: bool = False, iters: in
     import torch
 
     from genattn.app import pictures, report, study
-    from genattn.app.detect import detect_images
     from genattn.data.synthetic import ensure_shapes_dataset
 
     start = time.perf_counter()
@@ -267,6 +266,7 @@ def _pictures(rows, data, work_dir: Path, pictures):
         ``(detections, point, attention pictures)``; the pictures are the first block's (the earliest stage: the
         finest key grid, where a person can see where the pixel attends), then the summary of all blocks.
     """
+    from genattn.app.detect import detect_images
     from genattn.models import load_model
 
     show = next((r for r in reversed(rows) if r.attention == "1111"), rows[-1])

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from genattn.models import load_model
-from genattn.models.export import example_image, export_onnx, export_program, save_program
+from genattn.models.export import example_image, export_onnx, export_program, require_onnx, save_program
 
 __all__ = ["FORMATS", "export_files"]
 
@@ -33,6 +33,8 @@ def export_files(model: str, checkpoint: str | os.PathLike, out: str | os.PathLi
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise ValueError(f"formats: expected some of {FORMATS}, got {list(formats)}")
+    if "onnx" in formats:
+        require_onnx()  # before minutes of tracing
     net, _ = load_model(model, checkpoint, changes=changes, impl=impl, device="cpu")
     out = Path(out)
     if out.suffix in (".onnx", ".pt2"):

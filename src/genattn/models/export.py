@@ -12,8 +12,9 @@ needs ``onnxscript``): the TorchScript exporter would have to trace the size ari
 resize would be the example's. The exporter writes Python float arithmetic on sizes as float32 ONNX ops; the
 resize rule rounds ``side * scale + 0.5`` in float64 (Python's float, as MMDetection's), and float32 gives another
 size for some images (e.g. 29x2494 -> 16x1333 instead of 15x1333), so the translations of those few operations
-are replaced by float64 ones (``_FLOAT64_SYMBOLS``). torchvision's ``nms`` and ``roi_align`` become ONNX's
-``NonMaxSuppression`` and ``RoiAlign``; deformable convolution becomes ``DeformConv`` (opset 19).
+are replaced by float64 ones (:func:`_float64_symbols`, which also fixes Python's floor division of sizes).
+torchvision's ``nms`` and ``roi_align`` become ONNX's ``NonMaxSuppression`` and ``RoiAlign``; deformable
+convolution becomes ``DeformConv``.
 
 Attention blocks run a path that traces into plain tensor operations: ``'auto'`` becomes ``key_only`` or
 ``separable`` where they apply and ``sdpa`` otherwise (the same result up to rounding; ``chunked`` runs Python
@@ -34,7 +35,8 @@ from torch import Tensor, nn
 
 from genattn.models.weights import _atomic
 
-__all__ = ["ImageDetector", "export_program", "save_program", "load_program", "export_onnx", "EXPORTABLE_IMPLS"]
+__all__ = ["ImageDetector", "export_program", "save_program", "load_program", "export_onnx", "require_onnx",
+           "example_image", "EXPORTABLE_IMPLS"]
 
 #: Attention paths that trace into tensor operations (``'auto'`` is mapped onto one of them).
 EXPORTABLE_IMPLS = ("materialize", "sdpa", "key_only", "separable")
@@ -179,6 +181,16 @@ def _float64_symbols() -> dict:
             operator.floordiv: floordiv, torch.ops.aten.remainder.Scalar: remainder}
 
 
+def require_onnx() -> None:
+    """Raise ImportError (one line, naming the extra to install) when the ONNX exporter's packages are missing."""
+    try:
+        import onnx  # noqa: F401
+        import onnxscript  # noqa: F401
+    except ImportError as e:
+        raise ImportError(f"ONNX export needs the packages onnx and onnxscript ({e}); install them with "
+                          "pip install 'genattn[export]'") from None
+
+
 def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor | None = None, *,
                 program: torch.export.ExportedProgram | None = None) -> Path:
     """Write the detector as an ONNX graph: input ``image`` uint8 ``[3, H, W]`` (H, W dynamic), outputs
@@ -196,12 +208,7 @@ def export_onnx(model: nn.Module, path: str | os.PathLike, example: Tensor | Non
     Raises:
         ImportError: ``onnx`` or ``onnxscript`` is missing (``pip install 'genattn[export]'``).
     """
-    try:
-        import onnx  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as e:
-        raise ImportError(f"ONNX export needs the packages onnx and onnxscript ({e}); install them with "
-                          "pip install 'genattn[export]'") from None
+    require_onnx()
     program = export_program(model, example) if program is None else program
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

@@ -78,11 +78,14 @@ def resize_linear_uint8(image: Tensor, size: tuple[int, int]) -> Tensor:
     # the size would fix it in an exported graph.
     y0, y1, b0, b1 = _taps(sh, dh, clamp_weights=False, device=image.device)
     x0, x1, a0, a1 = _taps(sw, dw, clamp_weights=True, device=image.device)
-    # The 2 * dh source rows the vertical pass reads, taken before the horizontal pass (fewer than the image's
-    # when shrinking; when enlarging some rows are computed twice, which costs little beside the detector).
-    src = image.index_select(-2, torch.cat([y0, y1]))
-    y0 = torch.arange(dh, device=image.device)
-    y1 = y0 + dh
+    src = image
+    if not (isinstance(dh, int) and isinstance(sh, int)) or 2 * dh < sh:
+        # Shrinking: only 2 * dh source rows are read; take them before the horizontal pass. With symbolic sizes
+        # (torch.export, torch.compile) always, as a branch on the size would fix it in the graph: the result is
+        # the same, enlarging just computes some rows twice.
+        src = src.index_select(-2, torch.cat([y0, y1]))
+        y0 = torch.arange(dh, device=image.device)
+        y1 = y0 + dh
     # Horizontal pass, pre-shifted for the vertical one: (src[x0] * a0 + src[x1] * a1) >> 4, at most 32640.
     rows = src.index_select(-1, x0).int().mul_(a0)
     rows.add_(src.index_select(-1, x1).int().mul_(a1)).bitwise_right_shift_(4)  # [..., R, dw]
