@@ -41,13 +41,14 @@ def trained(shapes, tmp_path_factory):
 
 def test_help_subprocess():
     out = subprocess.run([sys.executable, "-m", "genattn", "--help"], capture_output=True, text=True,
-                         env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[1] / "src")})
+                         env={**__import__("os").environ, "PYTHONPATH": str(Path(__file__).parents[2] / "src")})
     assert out.returncode == 0
-    for command in ("train", "test", "bench", "detect", "attention", "convert", "study", "demo"):
+    for command in ("train", "test", "bench", "detect", "attention", "export", "convert", "study", "demo"):
         assert command in out.stdout
 
 
-@pytest.mark.parametrize("command", ["train", "test", "bench", "detect", "attention", "convert", "study", "demo"])
+@pytest.mark.parametrize("command", ["train", "test", "bench", "detect", "attention", "export", "convert", "study",
+                                     "demo"])
 def test_every_subcommand_has_help(command, capsys):
     assert main([command, "--help"]) == 0
     assert "usage: genattn " + command in capsys.readouterr().out
@@ -61,9 +62,12 @@ def test_every_subcommand_has_help(command, capsys):
     (["bench", BASE, "--backbone", "[1, 2]"], "JSON object"),
     (["bench", BASE, "--images", "0"], ">= 1"),
     (["detect", BASE, "missing.png", *TINY], "image not found"),
-    (["detect", BASE, "x.png", "--checkpoint", "missing.pth", *TINY], "checkpoint missing.pth: not found"),
+    # the inputs are checked before the model is built (or its weights downloaded)
+    (["detect", BASE, "x.png", "--checkpoint", "missing.pth", *TINY], "image not found: x.png"),
     (["train", BASE, "--data", "/no/such/dir"], "data root not found"),
     (["convert", "missing.pth", "out.pth", "--model", BASE], "checkpoint missing.pth: not found"),
+    (["export", BASE, "--checkpoint", "missing.pth", "--out", "m"], "checkpoint missing.pth: not found"),
+    (["export", BASE, "--out", "m"], "required: --checkpoint"),
     (["bench", BASE, "--set", "heads.fpn_channel=8"], "unknown key 'fpn_channel'; valid keys: fpn_channels"),
     (["bench", BASE, "--set", "base_lr=0.1"], "unknown key 'base_lr'; valid keys: backbone, heads, min_size"),
     (["bench", ATT, "--impl", "key_only"], "impl='key_only' needs attention_type '0010'"),
@@ -122,6 +126,9 @@ def test_train_test_detect_attention(shapes, trained, tmp_path, capsys):
                  "--out", str(tmp_path / "res.json")]) == 0
     metrics = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert 0.0 <= metrics["AP"] <= 1.0 and (tmp_path / "res.json").exists()
+    assert main(["test", ATT, "--checkpoint", str(trained), "--data", str(shapes.root), "--workers", "0",
+                 "--out", str(tmp_path / "res_bf16.json"), "--amp", "bf16"]) == 0
+    assert 0.0 <= json.loads(capsys.readouterr().out.strip().splitlines()[-1])["AP"] <= 1.0
 
     images = [str(shapes.val_images / f"00000000000{i}.jpg") for i in (1, 2)]
     assert main(["detect", ATT, *images, "--checkpoint", str(trained), "--out", str(tmp_path / "det"),
@@ -149,6 +156,15 @@ def test_bench_json_names_the_device(tmp_path, capsys):
     assert result["device"] == "cpu" and "CPU" in result["device_name"]
     assert result["fps"] > 0 and result["mem_gb"] > 0 and result["num_images"] == 2
     assert "fps" in capsys.readouterr().out
+
+
+def test_bench_under_autocast(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert main(["bench", BASE, *TINY, "--images", "1", "--warmup", "0", "--input-size", "48", "64",
+                 "--memory-steps", "1", "--batch-size", "1", "--json", str(out), "--amp", "bf16"]) == 0
+    result = json.loads(out.read_text())
+    assert result["amp"] == "bf16" and result["fps"] > 0 and result["mem_gb"] > 0
+    assert "autocast bf16" in capsys.readouterr().out
 
 
 @pytest.mark.slow

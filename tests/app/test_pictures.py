@@ -6,6 +6,7 @@ import torch
 from PIL import Image
 
 from genattn.app import pictures as viz
+from genattn.app.detect import detect_images
 from genattn.models import get_model
 
 TINY = {"layers": (1, 1, 1, 1), "base_width": 8, "stem_width": 8, "frozen_stages": -1, "norm_eval": False}
@@ -79,7 +80,7 @@ def test_attention_and_detection_pictures(model, tmp_path):
     for f in files:
         with Image.open(f) as im:
             assert im.mode == "RGB" and im.width > 300
-    result = viz.detect_images(model, [path], tmp_path / "det", score_thr=0.0)
+    result = detect_images(model, [path], tmp_path / "det", score_thr=0.0)
     assert result["json"].exists() and result["images"][0]["png"].exists()
     with Image.open(result["images"][0]["png"]) as im:
         assert im.size[0] >= 80
@@ -99,7 +100,7 @@ def test_detect_on_an_exif_rotated_photo_equals_the_upright_picture(model, tmp_p
     Image.fromarray(cv2.imread(str(photo), cv2.IMREAD_COLOR)[..., ::-1]).save(upright)
 
     def detections(path, **kwargs):
-        result = viz.detect_images(model, [path], tmp_path / path.stem, score_thr=0.0, **kwargs)
+        result = detect_images(model, [path], tmp_path / path.stem, score_thr=0.0, **kwargs)
         with Image.open(result["images"][0]["png"]) as im:
             size = im.size
         return [{k: d[k] for k in ("bbox", "score", "category_id")} for d in result["images"][0]["detections"]], size

@@ -53,3 +53,11 @@ def sample_batch():
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.long)},
     ]
     return images, targets
+
+
+@pytest.fixture(scope="session")
+def trained_detector():
+    """``(model, config)``: the tiny '1111' detector of ``trained_tiny``, trained once per session (10-30 s)."""
+    from trained_tiny import trained_tiny
+
+    return trained_tiny()

@@ -43,7 +43,7 @@ def test_batch_sizes_padding_and_normalisation():
     expected = (1 - mean) / (torch.tensor(MMDET_STD).view(3, 1, 1) / 255)
     torch.testing.assert_close(batch.tensors[1, :, :64, :64], expected.expand(3, 64, 64))
     assert (batch.tensors[1, :, :, 64:] == 0).all()  # zero padding after normalisation
-    assert batch.scale_factors(0) == (85 / 80, 64 / 60)
+    assert batch.scale_factors(0).tolist() == [85 / 80, 64 / 60]
 
 
 def test_targets_scaled_by_applied_factors_and_clipped():

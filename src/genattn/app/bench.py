@@ -30,10 +30,11 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from tqdm import tqdm
 
+from genattn.engine.evaluate import autocast
 from genattn.models import Classes, ModelConfig, load_model
 
-__all__ = ["BenchResult", "benchmark", "bench_result", "inference_speed", "interleaved_speed", "training_memory", "training_step_time", "format_result",
-           "device_name", "status_kib", "cuda_peak_bytes"]
+__all__ = ["BenchResult", "benchmark", "bench_result", "inference_speed", "interleaved_speed", "training_memory",
+           "training_step_time", "format_result", "device_name", "status_kib", "cuda_peak_bytes"]
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class BenchResult:
     mem_gb: float | None
     mem_method: str | None
     torch: str
+    amp: str = "none"
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -96,7 +98,7 @@ def _sync(device: torch.device) -> None:
 
 @torch.inference_mode()
 def inference_speed(model: torch.nn.Module, images: Sequence[torch.Tensor], *, warmup: int = 3,
-                    progress: bool = False) -> dict[str, Any]:
+                    progress: bool = False, amp: str = "none") -> dict[str, Any]:
     """Median batch-1 inference time of ``model`` over ``images``.
 
     Args:
@@ -105,6 +107,7 @@ def inference_speed(model: torch.nn.Module, images: Sequence[torch.Tensor], *, w
             ``warmup`` calls reuse them untimed.
         warmup: untimed calls before timing (allocator, cuDNN autotuning, lazy initialisation).
         progress: show a progress bar.
+        amp: 'none', 'bf16' or 'fp16': the calls run under autocast.
 
     Returns:
         ``{'median_s', 'fps', 'times_s'}``.
@@ -114,13 +117,15 @@ def inference_speed(model: torch.nn.Module, images: Sequence[torch.Tensor], *, w
     device = images[0].device
     model.eval()
     for i in range(max(warmup, 0)):
-        model([images[i % len(images)]])
+        with autocast(device, amp):
+            model([images[i % len(images)]])
     _sync(device)
     times = []
     for image in tqdm(images, desc="bench", unit="img", disable=not progress, dynamic_ncols=True, leave=False):
         _sync(device)
         start = time.perf_counter()
-        model([image])
+        with autocast(device, amp):
+            model([image])
         _sync(device)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
@@ -167,7 +172,7 @@ def _random_batch(batch_size: int, input_size: tuple[int, int], category_ids: Se
 
 
 def _train_steps(model: torch.nn.Module, device: torch.device, *, steps: int, batch_size: int,
-                 input_size: tuple[int, int]) -> None:
+                 input_size: tuple[int, int], amp: str = "none") -> None:
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=1e-4, momentum=0.9, weight_decay=1e-4)
@@ -176,7 +181,8 @@ def _train_steps(model: torch.nn.Module, device: torch.device, *, steps: int, ba
         images, targets = _random_batch(batch_size, input_size, list(model.category_ids), gen)
         images = [i.to(device) for i in images]
         targets = [{k: v.to(device) for k, v in t.items()} for t in targets]
-        loss = sum(model(images, targets).values())
+        with autocast(device, amp):  # fp16 without a gradient scaler: the memory is the same
+            loss = sum(model(images, targets).values())
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
@@ -225,7 +231,7 @@ def cuda_peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
 
 def training_memory(config: ModelConfig, classes: Classes | None = None, *, device: str | torch.device | None = None,
                     steps: int = 3, batch_size: int = 2, input_size: tuple[int, int] = (480, 640),
-                    threads: int | None = None) -> dict[str, Any]:
+                    threads: int | None = None, amp: str = "none") -> dict[str, Any]:
     """Peak memory of a few training steps of a freshly built model (see the module docstring for how).
 
     Args:
@@ -236,6 +242,7 @@ def training_memory(config: ModelConfig, classes: Classes | None = None, *, devi
         batch_size: images per step.
         input_size: (H, W) of the random images before the model's resize.
         threads: CPU threads of the measuring process.
+        amp: 'none', 'bf16' or 'fp16': the forward passes run under autocast.
 
     Returns:
         ``{'mem_gb', 'mem_method'}``.
@@ -247,7 +254,7 @@ def training_memory(config: ModelConfig, classes: Classes | None = None, *, devi
         # The model is built inside the measurement: MMDetection's figures count its parameters too.
         def steps_of_a_new_model():
             model = config.build(classes).to(device)
-            _train_steps(model, device, steps=steps, batch_size=batch_size, input_size=input_size)
+            _train_steps(model, device, steps=steps, batch_size=batch_size, input_size=input_size, amp=amp)
 
         peak = cuda_peak_bytes(steps_of_a_new_model, device)
         return {"mem_gb": peak / 2**30,
@@ -255,7 +262,7 @@ def training_memory(config: ModelConfig, classes: Classes | None = None, *, devi
     if not Path("/proc/self/status").exists():
         return {"mem_gb": float("nan"), "mem_method": "unavailable (needs /proc/self/status)"}
     job = {"config": config.to_dict(), "classes": (classes or Classes.coco()).to_dict(), "steps": steps, "batch_size": batch_size, "input_size": list(input_size),
-           "threads": threads or torch.get_num_threads()}
+           "threads": threads or torch.get_num_threads(), "amp": amp}
     env = dict(os.environ)
     src = str(Path(__file__).resolve().parents[2])  # so the worker imports this very genattn
     env["PYTHONPATH"] = src + os.pathsep + env.get("PYTHONPATH", "")
@@ -275,7 +282,7 @@ def _memory_worker(job: dict) -> None:
     base = status_kib("VmRSS")
     model = config.build(classes)
     _train_steps(model, torch.device("cpu"), steps=job["steps"], batch_size=job["batch_size"],
-                 input_size=tuple(job["input_size"]))
+                 input_size=tuple(job["input_size"]), amp=job.get("amp", "none"))
     print(json.dumps({"peak_kib": status_kib("VmHWM") - base}))
 
 
@@ -284,7 +291,7 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
               impl: str | None = None, device: str | torch.device | None = None, num_images: int = 20, warmup: int = 3,
               input_size: tuple[int, int] = (480, 640), images: Sequence[torch.Tensor] | None = None,
               memory_steps: int = 3, batch_size: int = 2, threads: int | None = None,
-              progress: bool = False) -> BenchResult:
+              progress: bool = False, amp: str = "none") -> BenchResult:
     """Inference speed and training memory of one model.
 
     Args:
@@ -305,8 +312,10 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
         batch_size: images per training step.
         threads: CPU threads (default: torch's current setting).
         progress: show a progress bar while timing.
+        amp: 'none', 'bf16' or 'fp16': both measurements under autocast.
     """
     dev = _device(device)
+    autocast(dev, amp)  # an amp the device cannot run is an error before anything is built
     if threads:
         torch.set_num_threads(threads)
     if isinstance(model, torch.nn.Module):
@@ -324,17 +333,17 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
         timed = [torch.randint(0, 256, (3, *input_size), generator=gen, dtype=torch.uint8).to(dev)
                  for _ in range(min(num_images, 4))]
         timed = [timed[i % len(timed)] for i in range(num_images)]
-    speed = inference_speed(net, timed, warmup=warmup, progress=progress)
+    speed = inference_speed(net, timed, warmup=warmup, progress=progress, amp=amp)
     memory: dict[str, Any] = {"mem_gb": None, "mem_method": None}
     if memory_steps > 0:
         mem_size = tuple(timed[0].shape[-2:]) if images else input_size
         memory = training_memory(config, Classes(net.category_ids, net.class_names), device=dev, steps=memory_steps,
-                                 batch_size=batch_size, input_size=mem_size, threads=threads)
-    return bench_result(config, dev, speed, memory, warmup=warmup, input_size=tuple(timed[0].shape[-2:]))
+                                 batch_size=batch_size, input_size=mem_size, threads=threads, amp=amp)
+    return bench_result(config, dev, speed, memory, warmup=warmup, input_size=tuple(timed[0].shape[-2:]), amp=amp)
 
 
 def bench_result(config: ModelConfig, device: torch.device, speed: Mapping[str, Any], memory: Mapping[str, Any], *,
-                 warmup: int, input_size: tuple[int, int]) -> BenchResult:
+                 warmup: int, input_size: tuple[int, int], amp: str = "none") -> BenchResult:
     """The :class:`BenchResult` of ``config`` from a speed measurement (:func:`inference_speed`) and a memory one
     (:func:`training_memory`, or ``{'mem_gb': None, 'mem_method': None}``)."""
     attention = config.backbone.attention_cfg if config.attention_type else None
@@ -343,7 +352,7 @@ def bench_result(config: ModelConfig, device: torch.device, speed: Mapping[str, 
                        device_name=device_name(device), threads=torch.get_num_threads(),
                        num_images=len(speed["times_s"]), warmup=warmup, input_size=tuple(input_size),
                        image_size=(config.min_size, config.max_size), median_ms=speed["median_s"] * 1e3,
-                       fps=speed["fps"], torch=torch.__version__, mem_gb=memory["mem_gb"],
+                       fps=speed["fps"], torch=torch.__version__, amp=amp, mem_gb=memory["mem_gb"],
                        mem_method=memory["mem_method"])
 
 
@@ -352,7 +361,8 @@ def format_result(result: BenchResult) -> str:
     lines = [f"model:     {result.model}" + (f" (attention path {result.impl})" if result.impl else ""),
              f"device:    {result.device} ({result.device_name})",
              f"inference: {result.fps:.2f} fps (median {result.median_ms:.1f} ms over {result.num_images}"
-             f" images of {result.input_size[0]}x{result.input_size[1]}, batch 1, {result.warmup} warm-up)"]
+             f" images of {result.input_size[0]}x{result.input_size[1]}, batch 1, {result.warmup} warm-up"
+             + (f", autocast {result.amp}" if result.amp != "none" else "") + ")"]
     if result.mem_gb is not None:
         lines.append(f"memory:    {result.mem_gb:.3f} GB peak in training ({result.mem_method})")
     return "\n".join(lines)

@@ -13,8 +13,8 @@ Model settings reach the library as one nested change mapping (``--set`` assignm
 Exit status:
     0  success.
     2  a usage error (unknown subcommand or option, a bad value) or a user error: a missing or unreadable
-       input file, an unknown model name, a point outside the image, a malformed annotation file. One line on
-       stderr, no traceback.
+       input file, an unknown model name, a point outside the image, a malformed annotation file, an optional
+       package that the command needs and is not installed. One line on stderr, no traceback.
     1  a runtime failure that is not the user's input (e.g. a non-finite loss, out of memory). One line on
        stderr; ``genattn --debug ...`` shows the traceback.
     75 (``EX_TEMPFAIL``) ``train`` stopped by SIGTERM after writing a checkpoint: run the same command with
@@ -79,6 +79,10 @@ def _add_impl(p: argparse.ArgumentParser) -> None:
                    "variable GENATTN_ATTENTION_IMPL); no effect without attention")
 
 
+def _add_amp(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--amp", choices=("none", "bf16", "fp16"), help=what)
+
+
 def _add_model_settings(p: argparse.ArgumentParser, set_help: str) -> None:
     """--backbone, --image-size, --set and --impl: changes to the model's settings, merged key by key."""
     p.add_argument("--backbone", type=_json_dict, metavar="JSON",
@@ -116,7 +120,7 @@ def _add_recipe_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="images per process and step (default 2); the "
                    "learning rate scales linearly with the total batch")
     p.add_argument("--workers", type=int, help="data-loading processes per training process (default 2)")
-    p.add_argument("--amp", choices=("none", "bf16", "fp16"), help="mixed precision (default none = fp32)")
+    _add_amp(p, "mixed precision (default none = fp32)")
     p.add_argument("--seed", type=int, help="random seed (default 0)")
     _add_model_settings(p, "any recipe setting, merged key by key, e.g. --set base_lr=0.01 lr_steps=[4,6] "
                            "heads.fpn_channels=64 backbone.attention_cfg.impl=chunked")
@@ -155,6 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", metavar="FILE", help="COCO results JSON to write (default next to the checkpoint)")
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
+    _add_amp(p, "run the model under autocast in bfloat16 or float16 (default none = fp32)")
 
     p = add("bench", "inference speed (batch 1, median, fps) and peak training memory (GB)")
     _add_model_options(p)
@@ -167,11 +172,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=_positive_int, default=2, help="training batch for the memory peak")
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    _add_amp(p, "time and measure under autocast in bfloat16 or float16 (default none = fp32)")
 
     p = add("detect", "detect objects: a COCO-style JSON and a PNG per image")
     _add_model_options(p)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders (the images directly inside) "
+                   "or quoted glob patterns ('photos/*.jpg', 'data/**/*.png')")
     p.add_argument("--out", default="detections", metavar="DIR", help="output directory (default ./detections)")
+    p.add_argument("--batch-size", type=_positive_int, default=1, help="images per model call (default 1)")
+    p.add_argument("--strict", action="store_true", help="stop at an unreadable image (default: report it on "
+                   "stderr and skip it)")
+    p.add_argument("--no-pictures", action="store_true", help="write only detections.json, no PNGs")
+    _add_amp(p, "run the model under autocast in bfloat16 or float16 (default none = fp32)")
     p.add_argument("--score-thr", type=float, default=0.3, help="draw detections above this score (default 0.3)")
     p.add_argument("--ignore-orientation", action="store_true",
                    help="use the stored pixels as they are (default: turn photos upright by their EXIF orientation)")
@@ -184,6 +196,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="attention", metavar="DIR", help="output directory (default ./attention)")
     p.add_argument("--ignore-orientation", action="store_true",
                    help="use the stored pixels as they are (default: turn photos upright by their EXIF orientation)")
+
+    p = add("export", "the whole detector (resize to NMS) as ONNX (OUT.onnx) and torch.export (OUT.pt2) graphs "
+                      "for one uint8 image of any size")
+    p.add_argument("model", metavar="MODEL", help=_MODEL_HELP)
+    p.add_argument("--checkpoint", required=True, metavar="FILE",
+                   help="a checkpoint of 'genattn train' or 'genattn convert', an MMDetection checkpoint or a URL")
+    p.add_argument("--out", required=True, metavar="OUT", help="output path without suffix: writes OUT.onnx and "
+                   "OUT.pt2")
+    p.add_argument("--format", choices=("both", "onnx", "pt2"), default="both", help="what to write (default both)")
+    _add_model_settings(p, "model settings, e.g. --set heads.box_score_thresh=0.3")
 
     p = add("convert", "convert an MMDetection checkpoint to genattn's format")
     p.add_argument("src", metavar="IN", help="MMDetection checkpoint (.pth), any file name")
@@ -281,7 +303,8 @@ def _cmd_test(args) -> int:
     from genattn.engine.test import test
 
     metrics = test(args.checkpoint, model=args.model, impl=args.impl, data_root=data_root(args.data),
-                   ann_file=args.ann, out_file=args.out, workers=args.workers, device=args.device)
+                   ann_file=args.ann, out_file=args.out, workers=args.workers, device=args.device,
+                   amp=args.amp or "none")
     if _rank() == 0:
         print(json.dumps({k: v for k, v in metrics.items() if not isinstance(v, (dict, list))}))
     return EXIT_OK
@@ -293,7 +316,7 @@ def _cmd_bench(args) -> int:
     result = bench.benchmark(args.model, checkpoint=args.checkpoint, changes=_changes(args), impl=args.impl,
                              device=args.device, num_images=args.images, warmup=args.warmup,
                              input_size=tuple(args.input_size), memory_steps=args.memory_steps,
-                             batch_size=args.batch_size, threads=args.threads)
+                             batch_size=args.batch_size, threads=args.threads, amp=args.amp or "none")
     print(bench.format_result(result))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
@@ -309,13 +332,18 @@ def _load(args):
 
 
 def _cmd_detect(args) -> int:
-    from genattn.app import pictures
+    from genattn.app.detect import detect_images, image_files
 
+    files = image_files(args.images)  # an input that names nothing fails before the model is built
     model = _load(args)
-    result = pictures.detect_images(model, [Path(p) for p in args.images], Path(args.out), score_thr=args.score_thr,
-                                    ignore_orientation=args.ignore_orientation)
-    print(f"{sum(len(r['detections']) for r in result['images'])} detections in {len(args.images)} image(s); "
-          f"wrote {result['json']} and {len(result['images'])} PNG(s) in {args.out}")
+    result = detect_images(model, files, Path(args.out), score_thr=args.score_thr,
+                           ignore_orientation=args.ignore_orientation, batch_size=args.batch_size,
+                           amp=args.amp or "none", strict=args.strict, pictures=not args.no_pictures)
+    done = len(result["images"])
+    skipped = f", {len(result['skipped'])} unreadable image(s) skipped" if result["skipped"] else ""
+    pngs = f" and {done} PNG(s)" if not args.no_pictures else ""
+    print(f"{sum(len(r['detections']) for r in result['images'])} detections in {done} image(s){skipped}; "
+          f"wrote {result['json']}{pngs} in {args.out}")
     return EXIT_OK
 
 
@@ -326,6 +354,16 @@ def _cmd_attention(args) -> int:
     files = pictures.attention_pictures(model, Path(args.image), tuple(args.point), Path(args.out),
                                         ignore_orientation=args.ignore_orientation)
     print(f"wrote {len(files)} PNG(s) in {args.out}: " + ", ".join(p.name for p in files))
+    return EXIT_OK
+
+
+def _cmd_export(args) -> int:
+    from genattn.app.export import FORMATS, export_files
+
+    formats = FORMATS if args.format == "both" else (args.format,)
+    written = export_files(args.model, args.checkpoint, args.out, formats=formats, changes=_changes(args),
+                           impl=args.impl)
+    print("wrote " + " and ".join(str(p) for p in written.values()))
     return EXIT_OK
 
 
@@ -357,7 +395,8 @@ def _cmd_demo(args) -> int:
 
 
 _COMMANDS = {"train": _cmd_train, "test": _cmd_test, "bench": _cmd_bench, "detect": _cmd_detect,
-             "attention": _cmd_attention, "convert": _cmd_convert, "study": _cmd_study, "demo": _cmd_demo}
+             "attention": _cmd_attention, "export": _cmd_export, "convert": _cmd_convert, "study": _cmd_study,
+             "demo": _cmd_demo}
 
 
 def _one_line(e: BaseException) -> str:
@@ -381,7 +420,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
-    except (UserError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError) as e:
+    except (UserError, ValueError, FileNotFoundError, IsADirectoryError, NotADirectoryError, ImportError) as e:
         if args.debug:
             raise
         print(f"{prog}: error: {_one_line(e)}", file=sys.stderr)

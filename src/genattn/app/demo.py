@@ -283,6 +283,7 @@ def _pictures(rows, data, work_dir: Path, pictures):
         ``(detections, point, attention pictures)``; the pictures are the first block's (the earliest stage: the
         finest key grid, where a person can see where the pixel attends), then the summary of all blocks.
     """
+    from genattn.app.detect import detect_images
     from genattn.models import load_model
 
     show = next((r for r in reversed(rows) if r.attention == "1111"), rows[-1])
@@ -291,7 +292,7 @@ def _pictures(rows, data, work_dir: Path, pictures):
         val = json.load(f)
     image_id = max(val["images"], key=lambda im: sum(a["image_id"] == im["id"] for a in val["annotations"]))["id"]
     image_file = data.val_images / next(im["file_name"] for im in val["images"] if im["id"] == image_id)
-    det = pictures.detect_images(model, [image_file], work_dir / "detect", score_thr=0.3)
+    det = detect_images(model, [image_file], work_dir / "detect", score_thr=0.3)
     ann = max((a for a in val["annotations"] if a["image_id"] == image_id), key=lambda a: a["bbox"][2] * a["bbox"][3])
     x, y, w, h = ann["bbox"]
     point = (int(x + w / 2), int(y + h / 2))

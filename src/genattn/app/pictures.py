@@ -8,9 +8,8 @@ content only, E4 relative position only), per head, overlaid on the image.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from genattn.data.transforms import load_image as load_image_tensor
 
-__all__ = ["load_image", "draw_detections", "detect_images", "attention_maps", "key_grid", "block_title",
+__all__ = ["load_image", "draw_detections", "class_names", "attention_maps", "key_grid", "block_title",
            "render_attention_block", "render_attention_summary", "attention_pictures"]
 
 _PALETTE = [(230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48), (145, 30, 180),
@@ -79,48 +78,10 @@ def draw_detections(image: Image.Image, detection: dict[str, Any], names: dict[i
     return out
 
 
-def _class_names(model: torch.nn.Module) -> dict[int, str]:
+def class_names(model: torch.nn.Module) -> dict[int, str]:
     ids = list(getattr(model, "category_ids", ()))
     names = list(getattr(model, "class_names", ()))
     return {int(i): str(n) for i, n in zip(ids, names)}
-
-
-@torch.inference_mode()
-def detect_images(model: torch.nn.Module, paths: Sequence[Path], out_dir: Path, *,
-                  score_thr: float = 0.3, ignore_orientation: bool = False) -> dict[str, Any]:
-    """Run ``model`` on image files; write ``detections.json`` and ``<stem>_det.png`` per image in ``out_dir``.
-
-    Pictures of images smaller than 512 pixels are enlarged by an integer factor. The JSON is a COCO results list (``image_id`` = position in ``paths``, ``file_name``, ``category_id``,
-    ``bbox`` [x, y, w, h], ``score``) holding every detection the model returned. Images are turned upright by
-    their EXIF orientation (boxes and pictures are in that frame) unless ``ignore_orientation``.
-
-    Returns:
-        ``{'json': Path, 'images': [{'file', 'png', 'detections': [...]}]}``.
-    """
-    loaded = [load_image(p, ignore_orientation=ignore_orientation) for p in paths]  # fail on a bad file first
-    out_dir.mkdir(parents=True, exist_ok=True)
-    device = next(model.parameters()).device
-    model.eval()
-    names = _class_names(model)
-    results, per_image = [], []
-    for index, (path, (pil, tensor)) in enumerate(zip(paths, loaded)):
-        det = model([tensor.to(device)])[0]
-        det = {k: v.detach().cpu() for k, v in det.items()}
-        entries = []
-        for box, score, label in zip(det["boxes"].tolist(), det["scores"].tolist(), det["labels"].tolist()):
-            x0, y0, x1, y1 = box
-            entries.append({"image_id": index, "file_name": str(path), "category_id": int(label),
-                            "category": names.get(int(label), str(label)),
-                            "bbox": [round(x0, 2), round(y0, 2), round(x1 - x0, 2), round(y1 - y0, 2)],
-                            "score": round(float(score), 4)})
-        png = out_dir / f"{Path(path).stem}_det.png"
-        scale = max(1, 512 // max(pil.size))  # enlarge small images so that labels stay readable
-        draw_detections(pil, det, names, score_thr=score_thr, scale=scale).save(png)
-        results.extend(entries)
-        per_image.append({"file": str(path), "png": png, "detections": entries})
-    json_path = out_dir / "detections.json"
-    json_path.write_text(json.dumps(results, indent=1) + "\n")
-    return {"json": json_path, "images": per_image}
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import os
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -28,11 +29,32 @@ logger = logging.getLogger(__name__)
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100", "ARs", "ARm", "ARl")
 
 
-def autocast(device: torch.device, amp: str):
-    """The autocast context of an ``amp`` setting ('none', 'bf16', 'fp16')."""
+_AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast(device: torch.device | str, amp: str):
+    """The autocast context of an ``amp`` setting ('none', 'bf16', 'fp16').
+
+    Raises:
+        ValueError: an unknown setting, or one the device cannot run: no autocast on that device type, bf16 on a
+            GPU without bfloat16, or a dtype that PyTorch's autocast for the device would silently switch off.
+    """
     if amp == "none":
         return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
+    if amp not in _AMP_DTYPES:
+        raise ValueError(f"amp: expected one of none, {', '.join(_AMP_DTYPES)}; got {amp!r}")
+    device = torch.device(device)
+    if not torch.amp.is_autocast_available(device.type):
+        raise ValueError(f"amp {amp!r}: PyTorch has no autocast for device type {device.type!r}")
+    if device.type == "cuda" and amp == "bf16" and not torch.cuda.is_bf16_supported(including_emulation=False):
+        raise ValueError(f"amp 'bf16': {torch.cuda.get_device_name(device)} has no bfloat16 arithmetic; use fp16")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        context = torch.autocast(device.type, dtype=_AMP_DTYPES[amp])
+    for w in caught:
+        if "disabl" in str(w.message).lower():
+            raise ValueError(f"amp {amp!r}: not supported on {device.type}: {str(w.message).strip()}")
+    return context
 
 
 def unwrap_loader_error(err: Exception) -> Exception:

@@ -33,9 +33,14 @@ _COEF_SCALE = 1 << _COEF_BITS
 
 
 def _taps(src: int, dst: int, clamp_weights: bool, device: torch.device) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """Source indices and fixed-point weights of one axis: ``(idx0, idx1, w0, w1)``, each ``[dst]``."""
-    scale = 1.0 / (dst / src)  # OpenCV inverts the size ratio, which can differ from src / dst in the last bit
+    """Source indices and fixed-point weights of one axis: ``(idx0, idx1, w0, w1)``, each ``[dst]``.
+
+    ``src`` and ``dst`` may be symbolic sizes (``torch.export``): the float64 arithmetic is done on 0-d tensors,
+    which is the same IEEE arithmetic as Python floats and stays float64 in an exported graph.
+    """
+    # OpenCV inverts the size ratio, which can differ from src / dst in the last bit.
     # Computed on the CPU: the coordinate needs float64, which not every device has.
+    scale = 1.0 / (torch.scalar_tensor(dst, dtype=torch.float64) / torch.scalar_tensor(src, dtype=torch.float64))
     f = ((torch.arange(dst, dtype=torch.float64) + 0.5) * scale - 0.5).float()
     s = f.floor()
     f = f - s
@@ -64,17 +69,20 @@ def resize_linear_uint8(image: Tensor, size: tuple[int, int]) -> Tensor:
         raise ValueError(f"image: expected a uint8 tensor, got {image.dtype}")
     if image.dim() < 2 or image.shape[-2] < 1 or image.shape[-1] < 1:
         raise ValueError(f"image: expected [..., H, W] with H, W >= 1, got {tuple(image.shape)}")
-    dh, dw = (int(v) for v in size)
+    # Sizes are not converted with int(): in torch.export they are symbolic and must stay so.
+    dh, dw = size
     if dh < 1 or dw < 1:
         raise ValueError(f"size: expected positive (h, w), got {tuple(size)}")
-    sh, sw = int(image.shape[-2]), int(image.shape[-1])
-    if (dh, dw) == (sh, sw):
-        return image.clone()  # OpenCV copies; the arithmetic below would give the same pixels
+    sh, sw = image.shape[-2], image.shape[-1]
+    # No shortcut for an unchanged size (OpenCV copies): the arithmetic gives the same pixels, and a branch on
+    # the size would fix it in an exported graph.
     y0, y1, b0, b1 = _taps(sh, dh, clamp_weights=False, device=image.device)
     x0, x1, a0, a1 = _taps(sw, dw, clamp_weights=True, device=image.device)
     src = image
-    if 2 * dh < sh:
-        # Shrinking: only 2 * dh source rows are read; take them before the horizontal pass.
+    if not (isinstance(dh, int) and isinstance(sh, int)) or 2 * dh < sh:
+        # Shrinking: only 2 * dh source rows are read; take them before the horizontal pass. With symbolic sizes
+        # (torch.export, torch.compile) always, as a branch on the size would fix it in the graph: the result is
+        # the same, enlarging just computes some rows twice.
         src = src.index_select(-2, torch.cat([y0, y1]))
         y0 = torch.arange(dh, device=image.device)
         y1 = y0 + dh

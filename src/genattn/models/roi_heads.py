@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
-from torchvision.ops import batched_nms, box_iou, roi_align
+from torchvision.ops import box_iou, roi_align
 
 from genattn.models.anchors import DeltaXYWHBoxCoder, max_iou_assign
+from genattn.models.nms import batched_nms
 
 __all__ = ["MultiLevelRoIAlign", "BBoxHead", "RoIHead"]
 
@@ -55,7 +56,7 @@ class MultiLevelRoIAlign(nn.Module):
             rois: ``[R, 5]`` rows ``(batch index, x1, y1, x2, y2)`` in padded-input pixels.
 
         Returns:
-            ``[R, C, output_size, output_size]``.
+            ``[R, C, output_size, output_size]`` in the features' dtype.
         """
         c = features[0].shape[1]
         # Pool in float32 under autocast (RoI coordinates need it; MMDetection's RoIAlign is fp32 too).
@@ -64,12 +65,12 @@ class MultiLevelRoIAlign(nn.Module):
         out = rois.new_zeros((rois.shape[0], c, self.output_size, self.output_size))
         levels = self.map_levels(rois[:, 1:])
         for lvl, stride in enumerate(self.strides):
-            idx = torch.nonzero(levels == lvl).squeeze(1)
-            if idx.numel() == 0:
-                continue
+            idx = torch.nonzero(levels == lvl).squeeze(1)  # may be empty: roi_align takes no boxes
             out[idx] = roi_align(features[lvl].to(dtype), rois[idx], self.output_size, spatial_scale=1.0 / stride,
                                  sampling_ratio=self.sampling_ratio, aligned=True)
-        return out
+        # Back in the features' dtype: a bfloat16 / half model's box head takes its own dtype (under autocast
+        # the head's linear layers cast their input anyway).
+        return out.to(features[0].dtype)
 
 
 class BBoxHead(nn.Module):
@@ -143,7 +144,7 @@ class RoIHead(nn.Module):
 
     def forward(self, features: list[Tensor], proposals: list[Tensor], image_sizes: list[tuple[int, int]],
                 targets: list[dict[str, Tensor]] | None = None,
-                scale_factors: list[tuple[float, float]] | None = None) -> tuple[list[dict[str, Tensor]], dict]:
+                scale_factors: Sequence[tuple[float, float] | Tensor] | None = None) -> tuple[list[dict[str, Tensor]], dict]:
         """Losses in training, detections otherwise.
 
         Args:
@@ -152,7 +153,7 @@ class RoIHead(nn.Module):
             image_sizes: ``(h, w)`` of each resized image (decoded boxes are clipped to it).
             targets: In training, per image ``'boxes' [K, 4]`` (resized pixels) and ``'labels' [K]`` contiguous
                 class indices in ``[0, num_classes)``.
-            scale_factors: Per image ``(w_scale, h_scale)``; at test time boxes are divided by them *before* NMS,
+            scale_factors: Per image ``(w_scale, h_scale)`` (or a float64 tensor of the two); at test time boxes are divided by them *before* NMS,
                 as MMDetection does, so detections come out in original-image pixels.
 
         Returns:
@@ -169,19 +170,23 @@ class RoIHead(nn.Module):
         box_dtype = torch.promote_types(logits.dtype, torch.float32)
         logits, deltas = logits.to(box_dtype), deltas.to(box_dtype)
         proposals = [p.to(box_dtype) for p in proposals]
-        counts = [p.shape[0] for p in proposals]
-        results = []
-        for i, (lg, dl, props) in enumerate(zip(logits.split(counts), deltas.split(counts), proposals)):
+        results, start = [], 0
+        for i, props in enumerate(proposals):
+            # Slices rather than split(counts): the counts are data-dependent sizes in an exported graph.
+            end = start + props.shape[0]
             sf = scale_factors[i] if scale_factors is not None else (1.0, 1.0)
-            results.append(self._detect(lg, dl, props, image_sizes[i], sf))
+            results.append(self._detect(logits[start:end], deltas[start:end], props, image_sizes[i], sf))
+            start = end
         return results, {}
 
     def _detect(self, logits: Tensor, deltas: Tensor, proposals: Tensor, image_size: tuple[int, int],
-                scale_factor: tuple[float, float]) -> dict[str, Tensor]:
+                scale_factor: tuple[float, float] | Tensor) -> dict[str, Tensor]:
         c = self.bbox_head.num_classes
         scores = F.softmax(logits, dim=-1)[:, :c]  # drop background (last)
         boxes = self.box_coder.decode(proposals, deltas, max_shape=image_size).reshape(-1, c, 4)
-        boxes = boxes / boxes.new_tensor([scale_factor[0], scale_factor[1]] * 2)
+        # MMDetection holds the scale factor in float32: the float64 ratio rounded to the boxes' dtype.
+        scale = torch.as_tensor(scale_factor, dtype=torch.float64).to(boxes).repeat(2)
+        boxes = boxes / scale
         labels = torch.arange(c, device=boxes.device).expand(boxes.shape[0], c)
         keep = scores > self.score_thresh
         boxes, scores, labels = boxes[keep], scores[keep], labels[keep]

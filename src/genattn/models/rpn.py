@@ -14,9 +14,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torchvision.models.detection._utils import BalancedPositiveNegativeSampler
-from torchvision.ops import box_iou, nms
+from torchvision.ops import box_iou
 
 from genattn.models.anchors import AnchorGenerator, DeltaXYWHBoxCoder, max_iou_assign
+from genattn.models.nms import batched_nms
 
 __all__ = ["RPNHead"]
 
@@ -130,13 +131,16 @@ class RPNHead(nn.Module):
         k = self.pre_nms_top_n[mode]
         for lvl, (s, d, a) in enumerate(zip(logits, deltas, anchors)):
             s = s.sigmoid()
-            if 0 < k < s.numel():
-                # A full descending sort, then the first k, as MMDetection does: topk breaks ties between equal
-                # scores (e.g. anchors over constant image regions or padding) differently, so the kept set at
-                # the k-th place could differ from MMDetection's.
-                s, idx = s.sort(descending=True)
-                s, idx = s[:k], idx[:k]
-                d, a = d[idx], a[idx]
+            # Above k candidates, a full descending sort, then the first k, as MMDetection does: topk breaks ties
+            # between equal scores (e.g. anchors over constant image regions or padding) differently, so the kept
+            # set at the k-th place could differ from MMDetection's. At or below k, MMDetection keeps the anchor
+            # order (which orders equal scores in the NMS). Chosen with a where rather than an if so that the
+            # choice follows the image size in an exported graph.
+            if k > 0:
+                order = s.sort(descending=True)[1]
+                large = torch.scalar_tensor(s.shape[0], device=s.device) > k
+                idx = torch.where(large, order, torch.arange(s.shape[0], device=s.device))[:k]
+                s, d, a = s[idx], d[idx], a[idx]
             scores.append(s)
             boxes.append(self.box_coder.decode(a, d, max_shape=image_size))
             levels.append(torch.full_like(s, lvl, dtype=torch.long))
@@ -144,14 +148,10 @@ class RPNHead(nn.Module):
         w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
         keep = (w > self.min_box_size) & (h > self.min_box_size)
         scores, boxes, levels = scores[keep], boxes[keep], levels[keep]
-        # NMS within each level, the result sorted by score across levels. Done as mmcv's batched_nms does it
-        # below its split threshold: one NMS over boxes shifted apart per level (torchvision's batched_nms runs
-        # level by level on CPU above 1000 boxes and orders equal scores differently, which matters at the cut).
-        if boxes.numel():
-            shifted = boxes + (levels.to(boxes) * (boxes.max() + 1))[:, None]
-            keep = nms(shifted, scores, self.nms_thresh)[: self.post_nms_top_n[mode]]
-        else:
-            keep = torch.zeros(0, dtype=torch.long, device=boxes.device)
+        # NMS within each level, the result sorted by score across levels, as mmcv's batched_nms does it below
+        # its split threshold (torchvision's batched_nms runs level by level on CPU above 1000 boxes and orders
+        # equal scores differently, which matters at the cut).
+        keep = batched_nms(boxes, scores, levels, self.nms_thresh)[: self.post_nms_top_n[mode]]
         return boxes[keep]
 
     def _losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]]

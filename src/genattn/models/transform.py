@@ -36,8 +36,10 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     >>> resized_size(480, 640, 800, 1333)
     (800, 1067)
     """
-    scale = min(max_size / max(height, width), min_size / min(height, width))
-    return int(height * scale + 0.5), int(width * scale + 0.5)
+    # torch.sym_* are min, max and int on Python numbers and keep symbolic sizes symbolic in torch.export (where
+    # the arithmetic stays float64: see genattn.models.export).
+    scale = torch.sym_min(max_size / torch.sym_max(height, width), min_size / torch.sym_min(height, width))
+    return torch.sym_int(height * scale + 0.5), torch.sym_int(width * scale + 0.5)
 
 
 @dataclass
@@ -54,10 +56,12 @@ class ImageBatch:
     image_sizes: list[tuple[int, int]]
     original_sizes: list[tuple[int, int]]
 
-    def scale_factors(self, i: int) -> tuple[float, float]:
-        """``(w_scale, h_scale)`` applied to image ``i`` (resized / original)."""
+    def scale_factors(self, i: int) -> Tensor:
+        """float64 ``[w_scale, h_scale]`` applied to image ``i`` (resized / original; a tensor so that it follows
+        symbolic sizes in an exported graph)."""
         (h, w), (oh, ow) = self.image_sizes[i], self.original_sizes[i]
-        return w / ow, h / oh
+        h, w, oh, ow = (torch.scalar_tensor(v, dtype=torch.float64) for v in (h, w, oh, ow))
+        return torch.stack([w / ow, h / oh])
 
 
 class DetectionTransform(torch.nn.Module):
@@ -125,7 +129,7 @@ class DetectionTransform(torch.nn.Module):
                 raise ValueError(f"images[{i}]: expected a [3, H, W] tensor, got {shape}")
             if img.dtype != torch.uint8 and not img.is_floating_point():
                 raise ValueError(f"images[{i}]: expected uint8 or float in [0, 1], got {img.dtype}")
-            oh, ow = int(img.shape[1]), int(img.shape[2])
+            oh, ow = img.shape[1], img.shape[2]  # no int(): symbolic sizes in torch.export
             if oh < 1 or ow < 1:
                 raise ValueError(f"images[{i}]: empty image of size {oh}x{ow}")
             h, w = resized_size(oh, ow, self.min_size, self.max_size)
@@ -135,25 +139,24 @@ class DetectionTransform(torch.nn.Module):
             else:
                 # cv2 INTER_LINEAR's sampling: half-pixel centres, no antialiasing when shrinking.
                 out = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]
-                resized.append((out - self.float_mean.to(out)) / self.float_std.to(out))
+                # In the model's dtype (the tables'), so a bfloat16 or half model takes float images too.
+                out = (out - self.float_mean.to(out)) / self.float_std.to(out)
+                resized.append(out.to(self.pixel_table.dtype))
             sizes.append((h, w))
             originals.append((oh, ow))
         d = self.size_divisor
-        ph = -(-max(s[0] for s in sizes) // d) * d
-        pw = -(-max(s[1] for s in sizes) // d) * d
+        ph = (max(s[0] for s in sizes) + d - 1) // d * d
+        pw = (max(s[1] for s in sizes) + d - 1) // d * d
         # Zero padding after normalisation, as MMDetection's Pad (applied after Normalize) does.
-        batch = resized[0].new_zeros((len(resized), 3, ph, pw))
-        for i, t in enumerate(resized):
-            batch[i, :, : t.shape[1], : t.shape[2]] = t
+        batch = torch.stack([F.pad(t, (0, pw - t.shape[2], 0, ph - t.shape[1])) for t in resized])
         out_batch = ImageBatch(batch, sizes, originals)
         if targets is None:
             return out_batch, None
         new_targets = []
         for i, t in enumerate(targets):
             t = dict(t)
-            w_scale, h_scale = out_batch.scale_factors(i)
             h, w = sizes[i]
-            boxes = t["boxes"] * t["boxes"].new_tensor([w_scale, h_scale, w_scale, h_scale])
+            boxes = t["boxes"] * out_batch.scale_factors(i).to(t["boxes"]).repeat(2)
             # MMDetection's Resize clips the scaled ground truth to the resized image.
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
