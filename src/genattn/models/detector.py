@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from genattn.models.roi_heads import RoIHead
 from genattn.models.rpn import RPNHead
-from genattn.models.transform import DetectionTransform
+from genattn.models.transform import DetectionTransform, padded_size
 
 __all__ = ["FPN", "FasterRCNN"]
 
@@ -167,7 +167,8 @@ class FasterRCNN(nn.Module):
         if targets is not None:
             targets = [_drop_empty_boxes(t) for t in targets]
         features = self.neck(self.backbone(batch.tensors))
-        proposals, rpn_losses = self.rpn_head(features, batch.image_sizes, targets)
+        padded = [padded_size(h, w, self.transform.size_divisor) for h, w in batch.image_sizes]  # per image
+        proposals, rpn_losses = self.rpn_head(features, batch.image_sizes, targets, padded)
         scale_factors = [batch.scale_factors(i) for i in range(len(images))]
         detections, roi_losses = self.roi_head(features, proposals, batch.image_sizes, targets, scale_factors)
         if self.training:

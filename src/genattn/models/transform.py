@@ -23,7 +23,7 @@ from torch import Tensor
 
 from genattn.models.resize import resize_linear_uint8
 
-__all__ = ["DetectionTransform", "ImageBatch", "resized_size", "MMDET_MEAN", "MMDET_STD"]
+__all__ = ["DetectionTransform", "ImageBatch", "resized_size", "padded_size", "MMDET_MEAN", "MMDET_STD"]
 
 #: MMDetection's ``img_norm_cfg`` (RGB order, pixel values 0..255).
 MMDET_MEAN = (123.675, 116.28, 103.53)
@@ -38,6 +38,15 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     """
     scale = min(max_size / max(height, width), min_size / min(height, width))
     return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def padded_size(height: int, width: int, size_divisor: int) -> tuple[int, int]:
+    """A size rounded up to multiples of ``size_divisor`` (MMDetection's ``Pad``; a batch pads to the largest).
+
+    >>> padded_size(800, 1067, 32)
+    (800, 1088)
+    """
+    return -(-height // size_divisor) * size_divisor, -(-width // size_divisor) * size_divisor
 
 
 @dataclass
@@ -138,9 +147,7 @@ class DetectionTransform(torch.nn.Module):
                 resized.append((out - self.float_mean.to(out)) / self.float_std.to(out))
             sizes.append((h, w))
             originals.append((oh, ow))
-        d = self.size_divisor
-        ph = -(-max(s[0] for s in sizes) // d) * d
-        pw = -(-max(s[1] for s in sizes) // d) * d
+        ph, pw = padded_size(max(s[0] for s in sizes), max(s[1] for s in sizes), self.size_divisor)
         # Zero padding after normalisation, as MMDetection's Pad (applied after Normalize) does.
         batch = resized[0].new_zeros((len(resized), 3, ph, pw))
         for i, t in enumerate(resized):
