@@ -84,6 +84,8 @@ def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> Non
                              f"{list(labels.shape)}")
         if labels.shape[0] != boxes.shape[0]:
             raise ValueError(f"targets[{i}]: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        if not isinstance(t.get("flip", False), bool):
+            raise ValueError(f"targets[{i}]['flip']: expected a bool, got {type(t['flip']).__name__}")
 
 
 def _drop_empty_boxes(target: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -145,7 +147,8 @@ class FasterRCNN(nn.Module):
             images: ``N`` tensors ``[3, H_i, W_i]`` (or one ``[N, 3, H, W]`` tensor), RGB, uint8 as decoded
                 (resized and normalised exactly as MMDetection does) or float in [0, 1] (float resize, close).
             targets: Training only: per image ``{'boxes': float [K, 4] xyxy pixels of that image,
-                'labels': int64 [K] category ids}``; ``K = 0`` is allowed.
+                'labels': int64 [K] category ids}``, ``K = 0`` allowed, and optionally ``'flip': bool``: train on
+                the image flipped left-right after resizing (MMDetection's RandomFlip; see ``transform``).
 
         Returns:
             Training: ``{'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'}`` (scalars).

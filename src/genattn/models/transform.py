@@ -10,6 +10,9 @@ uint8 images (as decoded from a file) get MMDetection's pixels exactly: OpenCV's
 (:func:`~genattn.models.resize.resize_linear_uint8`) and ``mmcv.imnormalize``'s float32 arithmetic. Float images
 in [0, 1] are resized in float (``F.interpolate``, the same sampling without the fixed-point rounding): close to
 MMDetection's input, not identical.
+
+In training a target may ask for a horizontal flip (``'flip': True``, decided by the dataset): the image is
+flipped after it is resized and its boxes in resized-image pixels, MMDetection's order (Resize, RandomFlip).
 """
 
 from __future__ import annotations
@@ -119,7 +122,8 @@ class DetectionTransform(torch.nn.Module):
         Args:
             images: ``N`` tensors ``[3, H_i, W_i]``, RGB, uint8 (MMDetection's pixels exactly) or float in [0, 1]
                 (float resize: close to MMDetection's, not identical).
-            targets: Optional per-image dicts with ``'boxes' [K_i, 4]`` xyxy in the given image's pixels (other
+            targets: Optional per-image dicts with ``'boxes' [K_i, 4]`` xyxy in the given image's pixels and
+                optionally ``'flip'``: when True, the resized image and its boxes are flipped left-right (other
                 keys are passed through).
 
         Returns:
@@ -128,6 +132,7 @@ class DetectionTransform(torch.nn.Module):
         if len(images) == 0:
             raise ValueError("images: expected at least one image")
         resized, sizes, originals = [], [], []
+        flips = [bool(t.get("flip", False)) for t in targets] if targets is not None else [False] * len(images)
         for i, img in enumerate(images):
             if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
                 shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
@@ -145,6 +150,8 @@ class DetectionTransform(torch.nn.Module):
                 # cv2 INTER_LINEAR's sampling: half-pixel centres, no antialiasing when shrinking.
                 out = F.interpolate(img[None], size=(h, w), mode="bilinear", align_corners=False, antialias=False)[0]
                 resized.append((out - self.float_mean.to(out)) / self.float_std.to(out))
+            if flips[i]:
+                resized[-1] = resized[-1].flip(-1)
             sizes.append((h, w))
             originals.append((oh, ow))
         ph, pw = padded_size(max(s[0] for s in sizes), max(s[1] for s in sizes), self.size_divisor)
@@ -164,6 +171,8 @@ class DetectionTransform(torch.nn.Module):
             # MMDetection's Resize clips the scaled ground truth to the resized image.
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            if flips[i]:  # MMDetection's bbox_flip in the resized image: x1' = w - x2, x2' = w - x1
+                boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
             t["boxes"] = boxes
             new_targets.append(t)
         return out_batch, new_targets
