@@ -21,8 +21,10 @@ left. Compared:
 - the sampled counts with MMDetection's sampler sizes (RPN 256 at 0.5, RoI 512 at 0.25): determined although
   the samples are random;
 - two SGD steps of the 1x recipe (genattn: its ``Recipe`` and ``WarmupMultiStepLR``; MMDetection: its config's
-  optimizer built by mmcv and mmcv's ``StepLrUpdaterHook``): each parameter's difference relative to its update
-  (float32 rounds a weight near 1 moved by 1e-5 to 1e-2 of the move: see ``compare_updates``);
+  optimizer built by mmcv and mmcv's ``StepLrUpdaterHook``): genattn's optimizer on MMDetection's gradients (must
+  equal MMDetection's parameters exactly), and each side on its own gradients (each parameter's difference
+  relative to its update; float32 rounds a weight near 1 moved by 1e-5 to 1e-2 of the move, and the second step's
+  gradients carry the network's sensitivity to the first step's differences: see ``compare_updates``);
 - once: the learning rate at every iteration of a shortened 1x schedule (12 epochs of 10 iterations, warmup 25,
   steps 8 and 11), genattn's schedule against mmcv's LR hook driven as mmcv's runner drives it.
 
@@ -72,8 +74,14 @@ BOXES = (((40.0, 50.0, 300.0, 400.0), (280.0, 120.0, 620.0, 330.0), (500.5, 10.0
          ((30.0, 40.0, 250.0, 290.0), (600.0, 5.0, 900.0, 150.0)))
 LABELS = ((1, 18, 62), (3, 1))
 #: (float32, float64) bounds of what counts as float noise.
-TOLERANCES = {"loss": (1e-4, 1e-6), "grad_worst": (1e-2, 1e-5), "grad_median": (1e-4, 1e-7),
-              "update": (1e-2, 1e-6), "lr": (1e-12, 1e-12)}
+#: float64 is not float64 noise on MMDetection's side: it computes the RPN's classification loss (``label.float()``)
+#: and all box regression targets (``bbox2delta``) in float32 in any model, differences of about 1e-7. In float32
+#: the random attention networks amplify float noise (the same models agree to 1e-7 in float64), so their float32
+#: gradients are reported, not judged; the parameters after two steps, each side on its own gradients, carry the
+#: network's sensitivity to the first step's differences (judged in float64 only); the optimizer on the same
+#: gradients must agree exactly.
+TOLERANCES = {"loss": (1e-4, 1e-6), "grad_worst": (1e-4, 1e-6), "grad_median": (1e-5, 1e-7),
+              "params_2_steps": (None, 1e-3), "sgd_same_grads": (1e-12, 1e-12), "lr": (1e-12, 1e-12)}
 
 
 def inputs(flip: bool) -> tuple[list[np.ndarray], list[torch.Tensor], list[dict[str, Any]]]:
@@ -117,10 +125,7 @@ def lr_rows() -> tuple[float, int]:
     """genattn's learning rate at every iteration of a shortened 1x schedule against mmcv's StepLrUpdaterHook."""
     epochs, per_epoch, warmup = 12, 10, 25
     recipe = Recipe.from_name("faster_rcnn_r50_fpn_1x_coco", warmup_iters=warmup)
-    p = nn.Parameter(torch.zeros(1))
-    ours = torch.optim.SGD([p], lr=recipe.lr(recipe.base_batch_size), momentum=recipe.momentum)
-    sched = WarmupMultiStepLR(ours, steps=recipe.lr_steps, gamma=recipe.lr_gamma, warmup_iters=recipe.warmup_iters,
-                              warmup_ratio=recipe.warmup_ratio, steps_unit=recipe.lr_steps_unit)
+    _, sched = recipe_sgd([nn.Parameter(torch.zeros(1))], recipe)
     cfg = mmcv.Config.fromfile(os.path.join(mp.config_dir(), mp.CONFIGS["faster_rcnn_r50_fpn_1x_coco"]))
     theirs = torch.optim.SGD([nn.Parameter(torch.zeros(1))], lr=cfg.optimizer.lr, momentum=cfg.optimizer.momentum)
     lr_cfg = {k: v for k, v in cfg.lr_config.items() if k != "policy"}
@@ -223,13 +228,12 @@ def compare(name: str, dtype: torch.dtype, seed: int, scale: tuple[int, int], wo
         r["sampled with sizes 256 / 512 (RPN, RoI)"] = copy.deepcopy(((log["rpn_sampled"], log["roi_sampled"]),
                                                                      (rec.log["rpn_sampled"], rec.log["roi_sampled"])))
         set_sizes(mm, ours, EVERY, EVERY)
-    # 5. Two SGD steps of the 1x recipe; the first with the gradients above.
+    # 5. Two SGD steps of the 1x recipe; the first with the gradients above. genattn's optimizer also steps a copy
+    # of the weights on MMDetection's gradients: that isolates the optimizer from the network's sensitivity.
     recipe = Recipe.from_name(name)
-    params = [p for p in ours.parameters() if p.requires_grad]
-    opt = torch.optim.SGD(params, lr=recipe.lr(recipe.base_batch_size), momentum=recipe.momentum,
-                          weight_decay=recipe.weight_decay)
-    sched = WarmupMultiStepLR(opt, steps=recipe.lr_steps, gamma=recipe.lr_gamma, warmup_iters=recipe.warmup_iters,
-                              warmup_ratio=recipe.warmup_ratio, steps_unit=recipe.lr_steps_unit)
+    opt, sched = recipe_sgd([p for p in ours.parameters() if p.requires_grad], recipe)
+    shadow = {k: nn.Parameter(p.detach().clone(), requires_grad=p.requires_grad) for k, p in ours.named_parameters()}
+    shadow_opt, shadow_sched = recipe_sgd([p for p in shadow.values() if p.requires_grad], recipe)
     mm_opt = build_optimizer(mm, cfg.optimizer)
     hook = StepLrUpdaterHook(**{k: v for k, v in cfg.lr_config.items() if k != "policy"})
     runner = SimpleNamespace(optimizer=mm_opt, epoch=0, iter=0, data_loader=range(100), max_epochs=12,
@@ -237,11 +241,11 @@ def compare(name: str, dtype: torch.dtype, seed: int, scale: tuple[int, int], wo
     hook.before_run(runner)
     hook.before_train_epoch(runner)
     start_mm = {k: v.detach().clone() for k, v in mm.named_parameters()}
-    start = {k: v.detach().clone() for k, v in ours.named_parameters()}
     for it in range(2):
         runner.iter = it
         hook.before_train_iter(runner)
         sched.step(it, 0)
+        shadow_sched.step(it, 0)
         if it == 1:
             mm.zero_grad()
             ours.zero_grad()
@@ -250,20 +254,33 @@ def compare(name: str, dtype: torch.dtype, seed: int, scale: tuple[int, int], wo
             sum(ours(images, targets).values()).backward()
             handle.remove()
         r[f"lr at iteration {it}"] = (opt.param_groups[0]["lr"], mm_opt.param_groups[0]["lr"])
+        for k, p in mm.named_parameters():
+            shadow[names[k]].grad = None if p.grad is None else p.grad.detach().clone()
         mm_opt.step()
         opt.step()
-    r["parameters after 2 SGD steps (worst, name, median, beyond noise)"] = compare_updates(mm, ours, start_mm, names,
-                                                                                         TOLERANCES["update"][i])
+        shadow_opt.step()
+    r["SGD on MMDetection's gradients: max |p - p_mmdet| / update"] = compare_updates(
+        mm, shadow, start_mm, names, 0.0)[0]
+    r["parameters after 2 SGD steps (worst, name, median, beyond noise)"] = compare_updates(
+        mm, ours, start_mm, names, TOLERANCES["params_2_steps"][i] or 0.0)
     return r
 
 
-def compare_updates(mm: nn.Module, ours: nn.Module, start_mm: dict[str, torch.Tensor], names: dict[str, str],
-                    tol: float) -> tuple[float, str, float, list[str]]:
+def recipe_sgd(params: list[nn.Parameter], recipe: Recipe) -> tuple[torch.optim.SGD, WarmupMultiStepLR]:
+    """The optimizer and schedule ``genattn train`` builds from a recipe (lr for the recipe's base batch)."""
+    opt = torch.optim.SGD(params, lr=recipe.lr(recipe.base_batch_size), momentum=recipe.momentum,
+                          weight_decay=recipe.weight_decay)
+    return opt, WarmupMultiStepLR(opt, steps=recipe.lr_steps, gamma=recipe.lr_gamma, warmup_iters=recipe.warmup_iters,
+                                  warmup_ratio=recipe.warmup_ratio, steps_unit=recipe.lr_steps_unit)
+
+
+def compare_updates(mm: nn.Module, ours: nn.Module | dict[str, nn.Parameter], start_mm: dict[str, torch.Tensor],
+                    names: dict[str, str], tol: float) -> tuple[float, str, float, list[str]]:
     """Parameters after the SGD steps: ``max |p - p_mmdet|`` relative to the size of MMDetection's update
     ``max |p_mmdet - p_start|`` (worst, median), and the parameters beyond float noise: a difference above ``tol``
     of the update and above 4 ulps of the parameter's largest value (a float32 weight near 1 moved by 1e-5 cannot
     be compared to better than 1e-2 of its update)."""
-    ours_now = dict(ours.named_parameters())
+    ours_now = ours if isinstance(ours, dict) else dict(ours.named_parameters())
     ratios, beyond = {}, []
     for k, v in mm.named_parameters():
         if not v.requires_grad:
@@ -281,8 +298,8 @@ def compare_updates(mm: nn.Module, ours: nn.Module, start_mm: dict[str, torch.Te
     return ratios[worst], worst, statistics.median(ratios.values()), beyond
 
 
-def verdict(r: dict[str, Any], dtype: torch.dtype) -> list[str]:
-    """What differs beyond float noise."""
+def verdict(r: dict[str, Any], dtype: torch.dtype, attention: bool) -> list[str]:
+    """What differs beyond float noise (see ``TOLERANCES``)."""
     i = 0 if dtype == torch.float32 else 1
     bad = []
     if r["input = MMDetection's (plain / flipped)"] != (True, True):
@@ -296,13 +313,16 @@ def verdict(r: dict[str, Any], dtype: torch.dtype) -> list[str]:
     worst, where, median, only = r["gradients (worst, name, median, only one side)"]
     if only:
         bad.append(f"gradients: only one side has {only[:5]}")
-    if worst > TOLERANCES["grad_worst"][i]:
-        bad.append(f"gradients: worst {worst:.2e} at {where}")
-    if median > TOLERANCES["grad_median"][i]:
-        bad.append(f"gradients: median {median:.2e}")
+    if not (attention and dtype == torch.float32):
+        if worst > TOLERANCES["grad_worst"][i]:
+            bad.append(f"gradients: worst {worst:.2e} at {where}")
+        if median > TOLERANCES["grad_median"][i]:
+            bad.append(f"gradients: median {median:.2e}")
     beyond = r["parameters after 2 SGD steps (worst, name, median, beyond noise)"][3]
-    if beyond:
-        bad.append(f"parameters after 2 SGD steps beyond float noise: {beyond[:5]}")
+    if beyond and (dtype == torch.float64 or any("only" in b for b in beyond)):
+        bad.append(f"parameters after 2 SGD steps: {beyond[:5]}")
+    if r["SGD on MMDetection's gradients: max |p - p_mmdet| / update"] > TOLERANCES["sgd_same_grads"][i]:
+        bad.append("the optimizer on MMDetection's gradients differs from MMDetection's")
     for it in (0, 1):
         a, b = r[f"lr at iteration {it}"]
         if abs(a - b) > TOLERANCES["lr"][i] * b:
@@ -395,7 +415,7 @@ def main(argv: list[str] | None = None) -> int:
             for name in args.models:
                 t0 = time.time()
                 r = compare(name, dtype, args.seed, (args.min_size, args.max_size), workdir)
-                bad = verdict(r, dtype)
+                bad = verdict(r, dtype, "attention" in name)
                 failures += [f"{name} {dtype_name}: {b}" for b in bad]
                 print(f"### {name}, {dtype_name} ({time.time() - t0:.0f} s): {'PASS' if not bad else 'FAIL'}\n")
                 print("| quantity | genattn vs MMDetection |\n|---|---|")
@@ -404,16 +424,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(flush=True)
                 summary.append((name, dtype_name, r, bad))
     print("| model | dtype | counts (RPN, RoI) | max rel loss diff (shared / own proposals) | gradients worst / median | "
-          "parameters after 2 steps: diff / update, worst / median | verdict |\n|---|---|---|---|---|---|---|")
+          "parameters after 2 steps: diff / update, worst / median | optimizer on the same gradients | verdict |\n"
+          "|---|---|---|---|---|---|---|---|")
     for name, dtype_name, r, bad in summary:
         counts = all(v[0] == v[1] for k, v in r.items() if ("assigned" in k or "sampled" in k) and "own" not in k)
         shared = max(abs(a - b) / abs(b) for a, b in r["losses, shared proposals"].values())
         own = max(abs(a - b) / abs(b) for a, b in r["losses, each its own proposals"].values())
         g = r["gradients (worst, name, median, only one side)"]
         u = r["parameters after 2 SGD steps (worst, name, median, beyond noise)"]
+        same = r["SGD on MMDetection's gradients: max |p - p_mmdet| / update"]
         print(f"| {name} | {dtype_name} | {'equal' if counts else 'DIFFERENT'} | {shared:.1e} / {own:.1e} | "
-              f"{g[0]:.1e} / {g[2]:.1e} | {u[0]:.1e} / {u[2]:.1e} ({len(u[3])} beyond noise) | "
-              f"{'pass' if not bad else 'FAIL'} |")
+              f"{g[0]:.1e} / {g[2]:.1e} | {u[0]:.1e} / {u[2]:.1e} | "
+              f"{same:.1e} | {'pass' if not bad else 'FAIL'} |")
     for f in failures:
         print("FAIL:", f)
     return 1 if failures else 0
