@@ -423,8 +423,9 @@ def main(argv: list[str] | None = None) -> int:
                     print(f"| {key} | {fmt(value)} |")
                 print(flush=True)
                 summary.append((name, dtype_name, r, bad))
-    print("| model | dtype | counts (RPN, RoI) | max rel loss diff (shared / own proposals) | gradients worst / median | "
-          "parameters after 2 steps: diff / update, worst / median | optimizer on the same gradients | verdict |\n"
+    print("| model | dtype | counts (RPN, RoI) | max rel loss diff (shared / own proposals) | gradients worst / "
+          "median | parameters after 2 steps: diff / update, worst / median | optimizer on the same gradients | "
+          "verdict |\n"
           "|---|---|---|---|---|---|---|---|")
     for name, dtype_name, r, bad in summary:
         counts = all(v[0] == v[1] for k, v in r.items() if ("assigned" in k or "sampled" in k) and "own" not in k)

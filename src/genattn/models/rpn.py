@@ -4,9 +4,9 @@ Differs from torchvision's ``RegionProposalNetwork`` where MMDetection differs: 
 IoU assignment with ``min_pos_iou`` (``max_iou_assign``), an L1 box loss (torchvision: smooth L1 with beta 1/9)
 and both losses divided by the number of sampled anchors (torchvision divides the box loss by the sampled count
 too, but MMDetection counts at least one positive and one negative per image), box decoding clamped from both
-sides, training on the anchors over each image's own padded area only (MMDetection's ``valid_flags``; the
-rest of a padded batch is neither positive nor negative), and proposals chosen as MMDetection v2 does (per-level top-k, NMS across levels with the level as the
-NMS group, then the best ``post_nms_top_n`` overall).
+sides, training on the anchors over each image's own padded area only (MMDetection's ``valid_flags``; the rest
+of a padded batch is neither positive nor negative), and proposals chosen as MMDetection v2 does (per-level
+top-k, NMS across levels with the level as the NMS group, then the best ``post_nms_top_n`` overall).
 """
 
 from __future__ import annotations
