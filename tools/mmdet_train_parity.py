@@ -76,11 +76,13 @@ LABELS = ((1, 18, 62), (3, 1))
 #: (float32, float64) bounds of what counts as float noise.
 #: float64 is not float64 noise on MMDetection's side: it computes the RPN's classification loss (``label.float()``)
 #: and all box regression targets (``bbox2delta``) in float32 in any model, differences of about 1e-7. In float32
-#: the random attention networks amplify float noise (the same models agree to 1e-7 in float64), so their float32
-#: gradients are reported, not judged; the parameters after two steps, each side on its own gradients, carry the
-#: network's sensitivity to the first step's differences (judged in float64 only); the optimizer on the same
-#: gradients must agree exactly.
-TOLERANCES = {"loss": (1e-4, 1e-6), "grad_worst": (1e-4, 1e-6), "grad_median": (1e-5, 1e-7),
+#: the random attention networks amplify float noise (the same models agree to 1e-7 in float64; MMDetection's own
+#: float32 losses of the 1111 DCN model move by up to 2e-3 between runs with 1 and 2 threads), so their float32 losses
+#: get a looser bound and their gradients are reported, not judged; the parameters after two steps, each side on
+#: its own gradients, carry the network's sensitivity to the first step's differences (judged in float64 only);
+#: the optimizer on the same gradients must agree exactly.
+TOLERANCES = {"loss": (1e-4, 1e-6), "loss_attention": (1e-2, 1e-6), "grad_worst": (1e-4, 1e-6),
+              "grad_median": (1e-5, 1e-7),
               "params_2_steps": (None, 1e-3), "sgd_same_grads": (1e-12, 1e-12), "lr": (1e-12, 1e-12)}
 
 
@@ -308,7 +310,7 @@ def verdict(r: dict[str, Any], dtype: torch.dtype, attention: bool) -> list[str]
         if ("assigned" in key or "sampled" in key) and "own proposals" not in key and value[0] != value[1]:
             bad.append(f"{key}: {value[0]} vs {value[1]}")
     for k, (a, b) in r["losses, shared proposals"].items():
-        if abs(a - b) > TOLERANCES["loss"][i] * abs(b):
+        if abs(a - b) > TOLERANCES["loss_attention" if attention else "loss"][i] * abs(b):
             bad.append(f"{k}: {a} vs {b}")
     worst, where, median, only = r["gradients (worst, name, median, only one side)"]
     if only:
