@@ -37,6 +37,9 @@ For each model (the four seed models and the two reference models) the script
      input against MMDetection on its own, which shows what that difference alone does to random networks.
 Our labels are COCO category ids; MMDetection's are indices 0..79 in sorted-id order: mapped before comparing.
 
+``--train`` runs the training comparison instead (``tools/mmdet_train_parity.py``: losses, assignments, gradients,
+SGD steps, learning rates).
+
 Reading the output: one Markdown table per model, one column per image. Float noise (float32, different
 summation orders) shows as relative differences around 1e-6; match rates should be 1.000.
 """
@@ -376,7 +379,12 @@ def kernel_rows(seed: int) -> dict[str, str]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    if "--train" in sys.argv[1:]:  # the training comparison, with its own options (see its --help)
+        import mmdet_train_parity
+
+        sys.exit(mmdet_train_parity.main([a for a in sys.argv[1:] if a != "--train"]))
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     epilog="--train [OPTIONS]: the training comparison, tools/mmdet_train_parity.py")
     parser.add_argument("--models", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--cls-logit-std", type=float, default=2.0,

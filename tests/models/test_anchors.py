@@ -103,3 +103,16 @@ def test_max_iou_assign_ties_go_to_the_last_gt_and_min_pos_iou():
 def test_max_iou_assign_no_ground_truth():
     labels, _ = max_iou_assign(torch.zeros(0, 4), 0.7, 0.3, 0.3, True)
     assert labels.tolist() == [0, 0, 0, 0]
+
+
+def test_valid_flags_follow_the_image_own_padded_size():
+    # Batch padded to 96x160; the image's pad_shape is 64x96. Locations valid: y < ceil(64 / s), x < ceil(96 / s).
+    gen = AnchorGenerator(strides=(16, 64), ratios=(0.5, 1.0), scales=(8.0,))
+    sizes = [(6, 10), (2, 3)]
+    flags = gen.valid_flags(sizes, (64, 96))
+    assert flags.shape == (6 * 10 * 2 + 2 * 3 * 2,) and flags.dtype == torch.bool
+    level0 = flags[:120].view(6, 10, 2)
+    assert level0[:4, :6].all() and not level0[4:].any() and not level0[:, 6:].any()
+    level1 = flags[120:].view(2, 3, 2)
+    assert level1[:1, :2].all() and not level1[1:].any() and not level1[:, 2:].any()  # ceil(64/64), ceil(96/64)
+    assert gen.valid_flags(sizes, (96, 160)).all()

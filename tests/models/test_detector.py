@@ -95,6 +95,7 @@ def _target(**kw):
     (_target(labels=torch.tensor([1, 2])), r"targets\[1\]: 1 boxes but 2 labels"),
     (_target(labels=torch.tensor([12])), r"targets\[1\]\['labels'\].*\[12\]"),  # 12 is not a COCO id
     ({"boxes": torch.zeros(0, 4)}, r"targets\[1\]\['labels'\]"),
+    (_target(flip=torch.tensor(True)), r"targets\[1\]\['flip'\]: expected a bool"),
 ])
 def test_bad_targets_raise(tiny_model, target, message, batch):
     model = tiny_model().train()
@@ -162,3 +163,19 @@ def test_zero_size_and_outside_boxes_are_ignored(tiny_model, batch):
                 "labels": torch.tensor([1, 2])}] * 2
     losses = model(images, targets)
     assert losses["loss_bbox"].item() == 0 and all(torch.isfinite(v) for v in losses.values())
+
+
+def test_flip_target_trains_on_the_image_flipped_after_resizing(tiny_model, batch):
+    """'flip': True gives the losses of the flipped resized input with flipped boxes (the transform's job)."""
+    model = tiny_model().train()
+    images, targets = batch
+    images = [(im * 255).to(torch.uint8) for im in images]
+    seen = []
+    model.backbone.register_forward_pre_hook(lambda m, args: seen.append(args[0].clone()))
+    torch.manual_seed(0)
+    flipped = model(images, [dict(t, flip=True) for t in targets])
+    torch.manual_seed(0)
+    plain = model(images, targets)
+    h, w = model.transform(images)[0].image_sizes[0]
+    assert torch.equal(seen[0][0, :, :h, :w], seen[1][0, :, :h, :w].flip(-1))
+    assert not torch.equal(flipped["loss_rpn_bbox"], plain["loss_rpn_bbox"])

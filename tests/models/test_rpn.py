@@ -75,3 +75,25 @@ def test_proposal_nms_is_per_level_with_one_score_order():
     out = rpn._proposals([torch.tensor([0.0, 3.0]), torch.tensor([2.0, 1.0])], [torch.zeros(2, 4)] * 2, [a, a],
                          (50, 50), "test")
     torch.testing.assert_close(out, torch.stack([a[1], a[0]]))
+
+
+def test_only_anchors_over_the_image_own_padded_area_are_trained():
+    # A 64x64 image in a batch padded to 64x128 (a wider image beside it): MMDetection's valid_flags take the
+    # image's own pad_shape, so the anchors of locations x >= 4 (stride 16) are neither positive nor negative.
+    gen = AnchorGenerator(strides=(16,), scales=(2.0,))
+    rpn = RPNHead(4, gen, batch_size_per_image=10**7).train()
+    for p in rpn.parameters():
+        torch.nn.init.zeros_(p)
+    gt = torch.tensor([[0.0, 0.0, 32.0, 36.0]])
+    anchors = gen([(4, 8)])[0]
+    valid = gen.valid_flags([(4, 8)], (64, 64))
+    assert valid.view(4, 8, 3)[:, :4].all() and not valid.view(4, 8, 3)[:, 4:].any()
+    iou = box_iou(gt, anchors)[0]
+    assert (iou >= 0.7).nonzero().flatten().tolist() == [28]  # (0, 0, 32, 32) at location (y=1, x=1), as above
+    sampled = int((iou[valid] < 0.3).sum()) + 1
+    assert sampled < int((iou < 0.3).sum()) + 1
+    _, losses = rpn([torch.rand(1, 4, 4, 8)], [(64, 64)], [{"boxes": gt}], [(64, 64)])
+    expected = rpn.box_coder.encode(anchors[28:29], gt).abs().sum() / sampled
+    torch.testing.assert_close(losses["loss_rpn_bbox"], expected)
+    _, losses = rpn([torch.rand(1, 4, 4, 8)], [(64, 64)], [{"boxes": gt}])  # no padded sizes: every anchor
+    torch.testing.assert_close(losses["loss_rpn_bbox"], expected * sampled / (int((iou < 0.3).sum()) + 1))

@@ -118,3 +118,23 @@ def test_bad_images_raise(bad):
 def test_bad_normalisation_raises(kwargs):
     with pytest.raises(ValueError, match="image_mean and image_std"):
         DetectionTransform(**kwargs)
+
+
+@pytest.mark.parametrize("hw", [(480, 640), (375, 500), (23, 911)])
+def test_flip_after_resize_is_mmdetections_flipped_input_and_boxes(hw):
+    """A target with 'flip': resize, then flip (MMDetection's Resize -> RandomFlip): the pixels of a flip of
+    cv2's resize, boxes flipped in the resized image, x1' = w - x2; flipping before the resize is not the same."""
+    img = torch.randint(0, 256, (3, *hw), dtype=torch.uint8, generator=torch.Generator().manual_seed(hw[1]))
+    boxes = torch.tensor([[3.0, 2.0, hw[1] / 2, hw[0] - 1.5], [hw[1] / 3, 0.0, hw[1] + 5.0, hw[0] / 4]])
+    t = DetectionTransform()
+    batch, targets = t([img], [{"boxes": boxes, "labels": torch.tensor([1, 2]), "flip": True}])
+    plain, plain_targets = t([img], [{"boxes": boxes, "labels": torch.tensor([1, 2]), "flip": False}])
+    h, w = batch.image_sizes[0]
+    assert torch.equal(batch.tensors[0, :, :h, :w], _mmdet_input(img, (h, w)).flip(-1))
+    assert (batch.tensors[0, :, h:] == 0).all() and (batch.tensors[0, :, :, w:] == 0).all()
+    pb = plain_targets[0]["boxes"]
+    torch.testing.assert_close(targets[0]["boxes"], torch.stack([w - pb[:, 2], pb[:, 1], w - pb[:, 0], pb[:, 3]], 1),
+                               rtol=0, atol=0)
+    if hw == (480, 640):  # the resize is not mirror-symmetric: flipping the decoded image first differs
+        before, _ = t([img.flip(-1)])
+        assert not torch.equal(before.tensors, batch.tensors)

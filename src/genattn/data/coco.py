@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from pycocotools.coco import COCO
 
-from genattn.data.transforms import apply_orientation, hflip, image_header, load_stored_image, swaps_axes
+from genattn.data.transforms import apply_orientation, image_header, load_stored_image, swaps_axes
 
 __all__ = ["CocoDetection", "load_coco_json", "annotated_as_stored"]
 
@@ -140,9 +140,12 @@ class CocoDetection(torch.utils.data.Dataset):
 
     Item ``i`` is ``(image, target)``: ``image`` uint8 [3, H, W] RGB at the stored size, ``target``
     ``{'boxes': float32 [K, 4] xyxy pixels, 'labels': int64 [K] category ids, 'image_id': int,
-    'orig_size': (H, W)}``. In training the image is flipped left-right with probability ``flip_prob``; the
-    decision is a function of (seed, epoch, index) only, so it does not depend on the number of loader workers
-    or processes and a resumed run sees the same flips (call :meth:`set_epoch` every epoch).
+    'orig_size': (H, W), 'flip': bool}``. In training ``flip`` is True with probability ``flip_prob``: the image
+    and boxes are handed out as stored and the detector flips them left-right *after* resizing, as MMDetection's
+    pipeline does (Resize, then RandomFlip), so that flipped inputs are MMDetection's bit for bit (the integer
+    resize is not mirror-symmetric). The decision is a function of (seed, epoch, index) only, so it does not
+    depend on the number of loader workers or processes and a resumed run sees the same flips (call
+    :meth:`set_epoch` every epoch).
 
     Args:
         img_dir: folder holding the images (``file_name`` is relative to it).
@@ -273,11 +276,11 @@ class CocoDetection(torch.utils.data.Dataset):
         target = {"boxes": torch.tensor(boxes, dtype=torch.float32).reshape(-1, 4),
                   "labels": torch.tensor(labels, dtype=torch.int64),
                   "image_id": int(img_id), "orig_size": (int(info["height"]), int(info["width"]))}
+        target["flip"] = False
         if self.flip_prob > 0:
             # Seeded by (seed, epoch, index): independent of worker processes and of where a run resumed.
             rng = random.Random((self.seed * 1_000_003 + self.epoch) * 1_000_003 + index)
-            if rng.random() < self.flip_prob:
-                image, target["boxes"] = hflip(image, target["boxes"])
+            target["flip"] = rng.random() < self.flip_prob
         return image, target
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, dict[str, Any]]:

@@ -1,8 +1,9 @@
-"""The dataset-side part of MMDetection's pipeline: decode (EXIF orientation applied), flip.
+"""The dataset-side part of MMDetection's pipeline: decode (EXIF orientation applied).
 
 Resizing, normalisation and padding belong to the model (torchvision convention), so the dataset hands out
 decoded uint8 images at their stored size (the model then resizes them with MMDetection's exact integer
-arithmetic); the only training augmentation of the 1x recipe is the horizontal flip.
+arithmetic); the only training augmentation of the 1x recipe, the horizontal flip, is decided by the dataset
+and done by the model after resizing, where MMDetection does it.
 
 Images are decoded as MMDetection decodes them, with OpenCV's ``cv2.imdecode(buf, cv2.IMREAD_COLOR)``: the
 pixels of JPEG and PNG files equal OpenCV's (RGB order), and the EXIF orientation tag (phone photos are often
@@ -22,7 +23,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.functional import pil_to_tensor
 
-__all__ = ["load_image", "load_stored_image", "image_header", "apply_orientation", "swaps_axes", "hflip"]
+__all__ = ["load_image", "load_stored_image", "image_header", "apply_orientation", "swaps_axes"]
 
 _T = TypeVar("_T")
 
@@ -165,21 +166,3 @@ def load_image(path: str | os.PathLike, *, ignore_orientation: bool = False) -> 
     image, orientation = load_stored_image(path)
     return image if ignore_orientation else apply_orientation(image, orientation)
 
-
-def hflip(image: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flip an image and its boxes left-right.
-
-    Boxes follow MMDetection's flip for widths without "+1": ``x1' = W - x2``, ``x2' = W - x1``.
-
-    Args:
-        image: [C, H, W].
-        boxes: [K, 4] xyxy in pixels of ``image``.
-
-    Returns:
-        The flipped image [C, H, W] and boxes [K, 4].
-    """
-    width = image.shape[-1]
-    flipped = boxes.clone()
-    flipped[:, 0] = width - boxes[:, 2]
-    flipped[:, 2] = width - boxes[:, 0]
-    return image.flip(-1), flipped

@@ -322,7 +322,8 @@ def _train_epoch(loader, run: _Run) -> None:
             logger.warning("skipped an unreadable training image: %s", msg)
         lr = run.scheduler.step(st.iter, st.epoch)
         images = [im.to(device, non_blocking=True) for im in images]
-        model_targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device)} for t in targets]
+        model_targets = [{"boxes": t["boxes"].to(device), "labels": t["labels"].to(device),
+                          "flip": t.get("flip", False)} for t in targets]
         with autocast(device, recipe.amp):
             loss_dict = net(images, model_targets)
         loss = sum(loss_dict.values())

@@ -85,6 +85,30 @@ class AnchorGenerator(torch.nn.Module):
             raise ValueError(f"got {len(feature_sizes)} feature maps for {len(self.strides)} anchor strides")
         return [self.grid_anchors(tuple(s), st, dtype, device) for s, st in zip(feature_sizes, self.strides)]
 
+    def valid_flags(self, feature_sizes: Sequence[tuple[int, int]], padded_size: tuple[int, int],
+                    device=None) -> Tensor:
+        """Which anchors of a batch belong to one image: those at locations over its own padded area.
+
+        MMDetection's ``valid_flags`` with the image's ``pad_shape`` (its size rounded up to the size divisor,
+        not the batch's padded size): on a level of stride ``s`` a location ``(y, x)`` is valid when
+        ``y < ceil(pad_h / s)`` and ``x < ceil(pad_w / s)``. Training assigns and samples only valid anchors; the
+        others are neither positive nor negative.
+
+        Args:
+            feature_sizes: ``(H_l, W_l)`` per level, as for :meth:`forward`.
+            padded_size: ``(pad_h, pad_w)`` of the image.
+
+        Returns:
+            ``[sum_l H_l * W_l * A]`` bool, in the order of ``torch.cat(self(feature_sizes))``.
+        """
+        flags = []
+        a = self.num_anchors_per_location
+        for (h, w), stride in zip(feature_sizes, self.strides):
+            valid = torch.zeros(h, w, dtype=torch.bool, device=device)
+            valid[: min(math.ceil(padded_size[0] / stride), h), : min(math.ceil(padded_size[1] / stride), w)] = True
+            flags.append(valid.reshape(-1, 1).expand(-1, a).reshape(-1))  # every anchor of a valid location
+        return torch.cat(flags)
+
 
 class DeltaXYWHBoxCoder:
     """MMDetection's ``DeltaXYWHBBoxCoder``: (dx, dy, dw, dh) deltas normalised by means and stds.

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 
 from genattn.models.roi_heads import RoIHead
 from genattn.models.rpn import RPNHead
-from genattn.models.transform import DetectionTransform
+from genattn.models.transform import DetectionTransform, padded_size
 
 __all__ = ["FPN", "FasterRCNN"]
 
@@ -84,6 +84,8 @@ def _check_targets(targets: Sequence[dict[str, Tensor]], num_images: int) -> Non
                              f"{list(labels.shape)}")
         if labels.shape[0] != boxes.shape[0]:
             raise ValueError(f"targets[{i}]: {boxes.shape[0]} boxes but {labels.shape[0]} labels")
+        if not isinstance(t.get("flip", False), bool):
+            raise ValueError(f"targets[{i}]['flip']: expected a bool, got {type(t['flip']).__name__}")
 
 
 def _drop_empty_boxes(target: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -145,7 +147,8 @@ class FasterRCNN(nn.Module):
             images: ``N`` tensors ``[3, H_i, W_i]`` (or one ``[N, 3, H, W]`` tensor), RGB, uint8 as decoded
                 (resized and normalised exactly as MMDetection does) or float in [0, 1] (float resize, close).
             targets: Training only: per image ``{'boxes': float [K, 4] xyxy pixels of that image,
-                'labels': int64 [K] category ids}``; ``K = 0`` is allowed.
+                'labels': int64 [K] category ids}``, ``K = 0`` allowed, and optionally ``'flip': bool``: train on
+                the image flipped left-right after resizing (MMDetection's RandomFlip; see ``transform``).
 
         Returns:
             Training: ``{'loss_rpn_cls', 'loss_rpn_bbox', 'loss_cls', 'loss_bbox'}`` (scalars).
@@ -167,7 +170,8 @@ class FasterRCNN(nn.Module):
         if targets is not None:
             targets = [_drop_empty_boxes(t) for t in targets]
         features = self.neck(self.backbone(batch.tensors))
-        proposals, rpn_losses = self.rpn_head(features, batch.image_sizes, targets)
+        padded = [padded_size(h, w, self.transform.size_divisor) for h, w in batch.image_sizes]  # per image
+        proposals, rpn_losses = self.rpn_head(features, batch.image_sizes, targets, padded)
         scale_factors = [batch.scale_factors(i) for i in range(len(images))]
         detections, roi_losses = self.roi_head(features, proposals, batch.image_sizes, targets, scale_factors)
         if self.training:

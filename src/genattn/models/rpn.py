@@ -4,8 +4,9 @@ Differs from torchvision's ``RegionProposalNetwork`` where MMDetection differs: 
 IoU assignment with ``min_pos_iou`` (``max_iou_assign``), an L1 box loss (torchvision: smooth L1 with beta 1/9)
 and both losses divided by the number of sampled anchors (torchvision divides the box loss by the sampled count
 too, but MMDetection counts at least one positive and one negative per image), box decoding clamped from both
-sides, and proposals chosen as MMDetection v2 does (per-level top-k, NMS across levels with the level as the
-NMS group, then the best ``post_nms_top_n`` overall).
+sides, training on the anchors over each image's own padded area only (MMDetection's ``valid_flags``; the rest
+of a padded batch is neither positive nor negative), and proposals chosen as MMDetection v2 does (per-level
+top-k, NMS across levels with the level as the NMS group, then the best ``post_nms_top_n`` overall).
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class RPNHead(nn.Module):
         features: list[Tensor],
         image_sizes: list[tuple[int, int]],
         targets: list[dict[str, Tensor]] | None = None,
+        padded_sizes: list[tuple[int, int]] | None = None,
     ) -> tuple[list[Tensor], dict[str, Tensor]]:
         """Proposals (and losses when training).
 
@@ -96,6 +98,9 @@ class RPNHead(nn.Module):
             features: FPN levels ``[N, C, H_l, W_l]``, one per anchor stride.
             image_sizes: ``(h, w)`` of each resized, unpadded image (proposals are clipped to it).
             targets: In training, per image ``'boxes' [K, 4]`` in resized-image pixels.
+            padded_sizes: In training, ``(h, w)`` of each image padded to the size divisor (MMDetection's
+                ``pad_shape``): only anchors over it are trained (:meth:`AnchorGenerator.valid_flags`). None:
+                every anchor of the batch.
 
         Returns:
             ``proposals``: per image ``[P_i, 4]`` xyxy (detached, best first) and a dict with ``'loss_rpn_cls'``
@@ -122,7 +127,11 @@ class RPNHead(nn.Module):
         if self.training:
             if targets is None:
                 raise ValueError("targets: required in training mode")
-            losses = self._losses(torch.cat(flat_logits, 1), torch.cat(flat_deltas, 1), torch.cat(anchors), targets)
+            sizes = [tuple(f.shape[-2:]) for f in features]
+            valid = [self.anchor_generator.valid_flags(sizes, padded_sizes[i], features[0].device)
+                     if padded_sizes is not None else None for i in range(n)]
+            losses = self._losses(torch.cat(flat_logits, 1), torch.cat(flat_deltas, 1), torch.cat(anchors), targets,
+                                  valid)
         return proposals, losses
 
     def _proposals(self, logits: list[Tensor], deltas: list[Tensor], anchors: list[Tensor],
@@ -154,14 +163,19 @@ class RPNHead(nn.Module):
         keep = batched_nms(boxes, scores, levels, self.nms_thresh)[: self.post_nms_top_n[mode]]
         return boxes[keep]
 
-    def _losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]]
-                ) -> dict[str, Tensor]:
+    def _losses(self, logits: Tensor, deltas: Tensor, anchors: Tensor, targets: list[dict[str, Tensor]],
+                valid: list[Tensor | None]) -> dict[str, Tensor]:
         """Sigmoid BCE over sampled anchors and L1 over positive ones, both / number of sampled anchors."""
         labels, matched_boxes = [], []
-        for t in targets:
+        for t, ok in zip(targets, valid):
             gt = t["boxes"].to(anchors)
-            lab, idx = max_iou_assign(box_iou(gt, anchors), self.fg_iou_thresh, self.bg_iou_thresh,
-                                      self.min_pos_iou, True)
+            # Only the image's valid anchors are assigned (they alone decide a ground truth's best matches); the
+            # others are labelled -1, which the sampler never takes.
+            lab = torch.full((anchors.shape[0],), -1, dtype=torch.long, device=anchors.device)
+            idx = torch.zeros_like(lab)
+            ok = slice(None) if ok is None else ok
+            lab[ok], idx[ok] = max_iou_assign(box_iou(gt, anchors[ok]), self.fg_iou_thresh, self.bg_iou_thresh,
+                                              self.min_pos_iou, True)
             labels.append(lab)
             matched_boxes.append(gt[idx] if gt.numel() else torch.zeros_like(anchors))
         pos_masks, neg_masks = self.sampler(labels)

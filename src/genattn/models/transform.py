@@ -10,6 +10,9 @@ uint8 images (as decoded from a file) get MMDetection's pixels exactly: OpenCV's
 (:func:`~genattn.models.resize.resize_linear_uint8`) and ``mmcv.imnormalize``'s float32 arithmetic. Float images
 in [0, 1] are resized in float (``F.interpolate``, the same sampling without the fixed-point rounding): close to
 MMDetection's input, not identical.
+
+In training a target may ask for a horizontal flip (``'flip': True``, decided by the dataset): the image is
+flipped after it is resized and its boxes in resized-image pixels, MMDetection's order (Resize, RandomFlip).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from torch import Tensor
 
 from genattn.models.resize import resize_linear_uint8
 
-__all__ = ["DetectionTransform", "ImageBatch", "resized_size", "MMDET_MEAN", "MMDET_STD"]
+__all__ = ["DetectionTransform", "ImageBatch", "resized_size", "padded_size", "MMDET_MEAN", "MMDET_STD"]
 
 #: MMDetection's ``img_norm_cfg`` (RGB order, pixel values 0..255).
 MMDET_MEAN = (123.675, 116.28, 103.53)
@@ -40,6 +43,17 @@ def resized_size(height: int, width: int, min_size: int, max_size: int) -> tuple
     # the arithmetic stays float64: see genattn.models.export).
     scale = torch.sym_min(max_size / torch.sym_max(height, width), min_size / torch.sym_min(height, width))
     return torch.sym_int(height * scale + 0.5), torch.sym_int(width * scale + 0.5)
+
+
+def padded_size(height: int, width: int, size_divisor: int) -> tuple[int, int]:
+    """A size rounded up to multiples of ``size_divisor`` (MMDetection's ``Pad``; a batch pads to the largest).
+
+    >>> padded_size(800, 1067, 32)
+    (800, 1088)
+    """
+    # (x + d - 1) // d, not -(-x // d): the same on integers, and exact for symbolic sizes in an export
+    d = size_divisor
+    return (height + d - 1) // d * d, (width + d - 1) // d * d
 
 
 @dataclass
@@ -114,7 +128,8 @@ class DetectionTransform(torch.nn.Module):
         Args:
             images: ``N`` tensors ``[3, H_i, W_i]``, RGB, uint8 (MMDetection's pixels exactly) or float in [0, 1]
                 (float resize: close to MMDetection's, not identical).
-            targets: Optional per-image dicts with ``'boxes' [K_i, 4]`` xyxy in the given image's pixels (other
+            targets: Optional per-image dicts with ``'boxes' [K_i, 4]`` xyxy in the given image's pixels and
+                optionally ``'flip'``: when True, the resized image and its boxes are flipped left-right (other
                 keys are passed through).
 
         Returns:
@@ -123,6 +138,7 @@ class DetectionTransform(torch.nn.Module):
         if len(images) == 0:
             raise ValueError("images: expected at least one image")
         resized, sizes, originals = [], [], []
+        flips = [bool(t.get("flip", False)) for t in targets] if targets is not None else [False] * len(images)
         for i, img in enumerate(images):
             if not isinstance(img, Tensor) or img.dim() != 3 or img.shape[0] != 3:
                 shape = tuple(img.shape) if isinstance(img, Tensor) else type(img).__name__
@@ -142,11 +158,11 @@ class DetectionTransform(torch.nn.Module):
                 # In the model's dtype (the tables'), so a bfloat16 or half model takes float images too.
                 out = (out - self.float_mean.to(out)) / self.float_std.to(out)
                 resized.append(out.to(self.pixel_table.dtype))
+            if flips[i]:
+                resized[-1] = resized[-1].flip(-1)
             sizes.append((h, w))
             originals.append((oh, ow))
-        d = self.size_divisor
-        ph = (max(s[0] for s in sizes) + d - 1) // d * d
-        pw = (max(s[1] for s in sizes) + d - 1) // d * d
+        ph, pw = padded_size(max(s[0] for s in sizes), max(s[1] for s in sizes), self.size_divisor)
         # Zero padding after normalisation, as MMDetection's Pad (applied after Normalize) does.
         batch = torch.stack([F.pad(t, (0, pw - t.shape[2], 0, ph - t.shape[1])) for t in resized])
         out_batch = ImageBatch(batch, sizes, originals)
@@ -160,6 +176,8 @@ class DetectionTransform(torch.nn.Module):
             # MMDetection's Resize clips the scaled ground truth to the resized image.
             boxes[:, 0::2] = boxes[:, 0::2].clamp(0, w)
             boxes[:, 1::2] = boxes[:, 1::2].clamp(0, h)
+            if flips[i]:  # MMDetection's bbox_flip in the resized image: x1' = w - x2, x2' = w - x1
+                boxes = torch.stack([w - boxes[:, 2], boxes[:, 1], w - boxes[:, 0], boxes[:, 3]], 1)
             t["boxes"] = boxes
             new_targets.append(t)
         return out_batch, new_targets
