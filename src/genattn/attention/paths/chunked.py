@@ -170,7 +170,7 @@ def _terms(value, query, key, key_bias, window_x, window_y, hq, wq, hk, wk) -> T
 # threads or out= kernels, with shape-only "fake" versions for tracing and the backward registered as the
 # forward's autograd formula. Outputs are [N*h, ...] in the scores' dtype (float32 or float64); the callers
 # reshape and cast.
-@torch.library.custom_op("genattn::chunked_attention", mutates_args=())
+@torch.library.custom_op("genattn::chunked_attention", mutates_args=(), tags=(torch.Tag.flexible_layout,))
 def _forward_op(value: Tensor, query: Optional[Tensor], key: Optional[Tensor], key_bias: Optional[Tensor],
                 bias_x: Optional[Tensor], bias_y: Optional[Tensor], window_x: Optional[Tensor],
                 window_y: Optional[Tensor], hq: int, wq: int, hk: int, wk: int, elements: int) -> Tensor:
@@ -200,7 +200,7 @@ def _(value, query, key, key_bias, bias_x, bias_y, window_x, window_y, hq, wq, h
 _GRADS = ("query", "key", "value", "key_bias", "bias_x", "bias_y")
 
 
-@torch.library.custom_op("genattn::chunked_attention_backward", mutates_args=())
+@torch.library.custom_op("genattn::chunked_attention_backward", mutates_args=(), tags=(torch.Tag.flexible_layout,))
 def _backward_op(grad: Tensor, out: Tensor, value: Tensor, query: Optional[Tensor], key: Optional[Tensor],
                  key_bias: Optional[Tensor], bias_x: Optional[Tensor], bias_y: Optional[Tensor],
                  window_x: Optional[Tensor], window_y: Optional[Tensor], hq: int, wq: int, hk: int, wk: int,
