@@ -204,3 +204,26 @@ def test_dynamic_shapes_training():
     rec = Recorder()
     counts = _graphs_per_size(m, torch.compile(m, backend=rec), rec, training=True)
     assert counts == [1, 2, 2, 2]
+
+
+def test_compiled_auto_skips_paths_dropped_by_eager_calls(monkeypatch):
+    """Off the CPU 'auto' has fallbacks; a compiled graph cannot try them, so it holds the first candidate that
+    eager calls have not dropped (simulated here on a CPU: sdpa first, dropped)."""
+    from genattn.attention import paths
+    from genattn.attention.paths import guard
+
+    monkeypatch.setattr(paths, "candidates", lambda *args: ["sdpa", "chunked"])
+    m = _module("1111", -1, "auto", torch.float64)
+    x = torch.randn(2, 16, 5, 7, dtype=torch.float64)
+    with torch.no_grad():
+        key = guard.config_key(m.decompose(x))
+    guard.reset()
+    try:
+        guard._failed[key] = {"sdpa": "dropped by this test"}
+        rec = Recorder()
+        with torch.no_grad():
+            out = torch.compile(m, fullgraph=True, backend=rec)(x)
+            torch.testing.assert_close(out, oracle_forward(m, x), rtol=1e-9, atol=1e-9)
+    finally:
+        guard.reset()
+    assert rec.calls(CHUNKED_OP) == 1
