@@ -17,6 +17,9 @@ Where it runs:
 * CPU with gradients (FlexAttention has no CPU backward): the same ``score_mod``/``mask_mod`` evaluated on the
   dense ``[N, h, Nq, Nk]`` score grid, which materialises like ``'materialize'``. This is how CI checks the
   logic CUDA users run, gradients included, against the float64 oracle; ``'auto'`` never picks flex on a CPU.
+* Inside a graph the caller compiles (``torch.compile`` of the module or the model): FlexAttention is traced
+  into that graph and compiled with it; on a CPU, a graph with symbolic (dynamic) sizes evaluates the mods on
+  the dense grid instead, for the reason above.
 """
 
 from __future__ import annotations
