@@ -2,8 +2,8 @@
 sizes stop compiling new graphs once dynamo has marked the sizes dynamic (the second size).
 
 Cost: one compilation (the ``aot_eager`` backend: dynamo and AOT autograd, with inductor's code generation left
-out to keep CI short; the attention module's inductor test is in tests/attention/test_compile.py), about a
-minute on a loaded 2-core CPU.
+out to keep CI short; the attention module's inductor test is in tests/attention/test_compile_attention.py),
+about a minute on a loaded 2-core CPU.
 """
 
 from __future__ import annotations
