@@ -2,9 +2,10 @@
 equal to eager; the chunked path's custom operators pass ``torch.library.opcheck``; with dynamic shapes a third
 map size compiles nothing new.
 
-Cost (2-core CPU): the ``aot_eager`` backend (dynamo + AOT autograd with fake tensors: what breaks a graph or a
-fake implementation fails here) for the path matrix, a few seconds per case (flex: its kernel is compiled by
-inductor even so, ~15 s); inductor for the chunked path at three map sizes, ~1 min on a cold cache.
+Cost (loaded 2-core CPU, cold inductor cache; about 75 s in all): the ``aot_eager`` backend (dynamo + AOT
+autograd with fake tensors: what breaks a graph or a fake implementation fails here) for the path matrix, 1-3 s
+per case (flex 7-20 s: its kernel is compiled by inductor even so); inductor for the chunked path at four map
+sizes, inference, ~20 s.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ sizes stop compiling new graphs once dynamo has marked the sizes dynamic (the se
 
 Cost: one compilation (the ``aot_eager`` backend: dynamo and AOT autograd, with inductor's code generation left
 out to keep CI short; the attention module's inductor test is in tests/attention/test_compile_attention.py),
-about a minute on a loaded 2-core CPU.
+30-60 s on a loaded 2-core CPU.
 """
 
 from __future__ import annotations
