@@ -179,6 +179,9 @@ class RoIHead(nn.Module):
             start = end
         return results, {}
 
+    # Under torch.compile the post-processing runs eagerly: it is data-dependent (the score threshold, NMS) and
+    # each image's float scale factor would specialise a compiled graph (a recompile per image size).
+    @torch.compiler.disable
     def _detect(self, logits: Tensor, deltas: Tensor, proposals: Tensor, image_size: tuple[int, int],
                 scale_factor: tuple[float, float] | Tensor) -> dict[str, Tensor]:
         c = self.bbox_head.num_classes

@@ -121,6 +121,9 @@ class DetectionTransform(torch.nn.Module):
         self.register_buffer("float_mean", (mean / 255).float().view(3, 1, 1), False)
         self.register_buffer("float_std", (std / 255).float().view(3, 1, 1), False)
 
+    # Under torch.compile the pre-processing runs eagerly: its integer resize arithmetic on each input's size
+    # would otherwise specialise the compiled graph on every new image size (a recompile per size).
+    @torch.compiler.disable
     def forward(self, images: Sequence[Tensor], targets: list[dict[str, Tensor]] | None = None
                 ) -> tuple[ImageBatch, list[dict[str, Tensor]] | None]:
         """Prepare a batch.

@@ -11,7 +11,8 @@ batch takes ``materialize``, which handles it trivially.
 
 Off the CPU (where CI runs every path) ``'auto'`` runs its choice through ``guard.run_guarded`` with ``sdpa``
 and ``chunked`` behind it: a path that fails there, or gives a result that differs from ``chunked``'s, is
-dropped for that configuration with one warning. The environment variable ``GENATTN_ATTENTION_IMPL`` (a path
+dropped for that configuration with one warning. Under ``torch.compile`` every choice is made at trace time
+and nothing is tried or timed: the graph holds the first candidate not dropped by earlier eager calls. The environment variable ``GENATTN_ATTENTION_IMPL`` (a path
 name) replaces ``'auto'`` in every module whose ``impl`` is ``'auto'``; a path set either way is forced: it is
 run as it is, without fallback.
 """
@@ -130,8 +131,13 @@ def attend(impl: str, attention_type: str, spatial_range: int, t: Terms) -> Tens
     if impl != "auto":
         return run(impl, t)
     names = candidates(attention_type, spatial_range, t)
-    if len(names) == 1 or torch.compiler.is_compiling():
+    if len(names) == 1:
         return run(names[0], t)
+    if torch.compiler.is_compiling():
+        # A compiled graph cannot try a path and fall back: it runs, decided at trace time, the first candidate
+        # that eager calls have not dropped for this configuration (see the README's "Compile").
+        dropped = guard.dropped(t)
+        return run(next((n for n in names if n not in dropped), names[-1]), t)
     return guard.run_guarded(names, t, run)
 
 

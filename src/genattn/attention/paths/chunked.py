@@ -18,16 +18,20 @@ handful of large in-place operations on per-worker buffers sized for the CPU's c
 The position terms ``bias_x``/``bias_y`` (``[N, h, Nq, Wk]``/``[N, h, Nq, Hk]``) and the E3 key bias are
 inputs, computed outside with ordinary autograd. Scores and statistics are kept in at least float32; inputs of
 lower precision are promoted for the block work and the gradients cast back.
+
+Both passes are ``torch.library`` custom operators, ``genattn::chunked_attention`` and
+``genattn::chunked_attention_backward``, the second registered as the first's autograd formula: torch.compile
+cannot trace their worker threads and ``out=`` kernels, so it keeps each as one opaque call in its graph (no
+graph break), and traces shapes through their fake implementations.
 """
 
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import NamedTuple
+from typing import NamedTuple, Optional
 
 import torch
 from torch import Tensor
-from torch.autograd.function import once_differentiable
 
 from genattn.attention.paths.materialize import stats_dtype
 from genattn.attention.terms import Terms
@@ -157,78 +161,141 @@ def _buffers(plan: list[list[Block]], t: Terms, dtype: torch.dtype, device: torc
     return [torch.empty(size, dtype=dtype, device=device) for _ in plan]
 
 
-class _ChunkedAttention(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, t: Terms, elements: int | None, q, k, v, c, bx, by):
-        dtype = stats_dtype(v.dtype)
-        ops = _Operands(t, q, k, v, c, bx, by, dtype)
-        plan = blocks(t, elements)
-        out = torch.empty((ops.nh, t.nq, v.shape[-1]), dtype=dtype, device=v.device)
-        bufs = _buffers(plan, t, dtype, v.device)
+def _terms(value, query, key, key_bias, window_x, window_y, hq, wq, hk, wk) -> Terms:
+    return Terms(value=value, hq=hq, wq=wq, hk=hk, wk=wk, query=query, key=key, key_bias=key_bias,
+                 window_x=window_x, window_y=window_y)
 
-        def work(blk, slot):
-            p = _softmax_(ops.scores(bufs[slot], blk))
-            torch.bmm(p, ops.v[blk.heads], out=out[blk.heads, blk.rows])
 
-        _run(plan, work, v.device.type)
-        ctx.t, ctx.elements = t, elements
-        ctx.save_for_backward(q, k, v, c, bx, by, out)
-        return out.view(t.batch, t.heads, t.nq, v.shape[-1]).to(v.dtype)
+# The two passes are custom operators (``torch.library``): opaque to torch.compile, which cannot trace Python
+# threads or out= kernels, with shape-only "fake" versions for tracing and the backward registered as the
+# forward's autograd formula. Outputs are [N*h, ...] in the scores' dtype (float32 or float64); the callers
+# reshape and cast.
+@torch.library.custom_op("genattn::chunked_attention", mutates_args=(), tags=(torch.Tag.flexible_layout,))
+def _forward_op(value: Tensor, query: Optional[Tensor], key: Optional[Tensor], key_bias: Optional[Tensor],
+                bias_x: Optional[Tensor], bias_y: Optional[Tensor], window_x: Optional[Tensor],
+                window_y: Optional[Tensor], hq: int, wq: int, hk: int, wk: int, elements: int) -> Tensor:
+    """``[N*h, Nq, dv]``: the attention output (``bias_x``/``bias_y`` expanded: ``[N, h, Nq, wk | hk]``)."""
+    t = _terms(value, query, key, key_bias, window_x, window_y, hq, wq, hk, wk)
+    dtype = stats_dtype(value.dtype)
+    ops = _Operands(t, query, key, value, key_bias, bias_x, bias_y, dtype)
+    plan = blocks(t, elements)
+    out = torch.empty((ops.nh, t.nq, value.shape[-1]), dtype=dtype, device=value.device)
+    bufs = _buffers(plan, t, dtype, value.device)
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, d_out):
-        q, k, v, c, bx, by, out = ctx.saved_tensors
-        t = ctx.t
-        dtype = out.dtype
-        ops = _Operands(t, q, k, v, c, bx, by, dtype)
-        nh, dev, d = ops.nh, v.device, ops.d
-        need = ctx.needs_input_grad
-        plan = blocks(t, ctx.elements)
-        d_out = d_out.reshape(out.shape).to(dtype)
-        # rowsum(dO * O) = rowsum(dP * P): the softmax backward's correction per query; [dO, delta] @ [v, -1]^T
-        # is then dP - delta in one matmul.
-        delta = (d_out * out).sum(-1, keepdim=True)
-        d_out_a = torch.cat((d_out, delta), -1)
-        v_a = torch.cat((ops.v, ops.v.new_full((nh, t.nk, 1), -1.0)), -1)
+    def work(blk, slot):
+        p = _softmax_(ops.scores(bufs[slot], blk))
+        torch.bmm(p, ops.v[blk.heads], out=out[blk.heads, blk.rows])
 
-        def zeros(cond, shape):
-            return torch.zeros(shape, dtype=dtype, device=dev) if cond else None
+    _run(plan, work, value.device.type)
+    return out
 
-        dq = zeros(q is not None and need[2], (nh, t.nq, d))
-        dka = zeros(ops.qa is not None and ((q is not None and need[3]) or (c is not None and need[5])),
-                    None if ops.qa is None else ops.ka.shape)
-        dv = zeros(need[4], ops.v.shape)
-        dbx = zeros(bx is not None and need[6], (nh, t.nq, t.wk))
-        dby = zeros(by is not None and need[7], (nh, t.nq, t.hk))
-        s_bufs, d_bufs = _buffers(plan, t, dtype, dev), _buffers(plan, t, dtype, dev)
 
-        def work(blk, slot):
-            hs, rs = blk.heads, blk.rows
-            p = _softmax_(ops.scores(s_bufs[slot], blk))
-            if dv is not None:
-                dv[hs].baddbmm_(p.transpose(1, 2), d_out[hs, rs])
-            ds = d_bufs[slot][: p.numel()].view(p.shape)
-            torch.bmm(d_out_a[hs, rs], v_a[hs].transpose(1, 2), out=ds)
-            ds.mul_(p)  # dS = P * (dP - delta)
-            if dq is not None:
-                torch.bmm(ds, ops.k[hs], out=dq[hs, rs])
-            if dka is not None:  # [dk, dc]: the ones column of qa sums dS over the queries
-                dka[hs].baddbmm_(ds.transpose(1, 2), ops.qa[hs, rs])
-            grid = ds.view(*ds.shape[:2], t.hk, t.wk)
-            if dbx is not None:
-                torch.sum(grid, 2, out=dbx[hs, rs])
-            if dby is not None:
-                torch.sum(grid, 3, out=dby[hs, rs])
+@_forward_op.register_fake
+def _(value, query, key, key_bias, bias_x, bias_y, window_x, window_y, hq, wq, hk, wk, elements):
+    n, h, _, dv = value.shape
+    return value.new_empty((n * h, hq * wq, dv), dtype=stats_dtype(value.dtype))
 
-        _run(plan, work, dev.type)
 
-        def cast(g, ref):
-            return None if g is None or ref is None else g.view(ref.shape).to(ref.dtype)
+# Gradients the backward op computes, in the order of its outputs; a gradient not asked for is an empty tensor.
+_GRADS = ("query", "key", "value", "key_bias", "bias_x", "bias_y")
 
-        dk = dka[..., :d] if dka is not None and q is not None and need[3] else None
-        dc = dka[..., -1] if dka is not None and c is not None and need[5] else None
-        return (None, None, cast(dq, q), cast(dk, k), cast(dv, v), cast(dc, c), cast(dbx, bx), cast(dby, by))
+
+@torch.library.custom_op("genattn::chunked_attention_backward", mutates_args=(), tags=(torch.Tag.flexible_layout,))
+def _backward_op(grad: Tensor, out: Tensor, value: Tensor, query: Optional[Tensor], key: Optional[Tensor],
+                 key_bias: Optional[Tensor], bias_x: Optional[Tensor], bias_y: Optional[Tensor],
+                 window_x: Optional[Tensor], window_y: Optional[Tensor], hq: int, wq: int, hk: int, wk: int,
+                 elements: int, needs: list[bool]) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``(dq, d[k, c], dv, dbx, dby)``, ``[N*h, ...]`` in ``out``'s dtype; ``needs`` follows ``_GRADS``.
+
+    The key's and the key bias's gradients come out of one matmul as ``[N*h, Nk, d + 1]`` (either part absent
+    when its term is off).
+    """
+    t = _terms(value, query, key, key_bias, window_x, window_y, hq, wq, hk, wk)
+    dtype = out.dtype
+    ops = _Operands(t, query, key, value, key_bias, bias_x, bias_y, dtype)
+    nh, dev, d = ops.nh, value.device, ops.d
+    need = dict(zip(_GRADS, needs))
+    plan = blocks(t, elements)
+    d_out = grad.reshape(out.shape).to(dtype)
+    # rowsum(dO * O) = rowsum(dP * P): the softmax backward's correction per query; [dO, delta] @ [v, -1]^T
+    # is then dP - delta in one matmul.
+    delta = (d_out * out).sum(-1, keepdim=True)
+    d_out_a = torch.cat((d_out, delta), -1)
+    v_a = torch.cat((ops.v, ops.v.new_full((nh, t.nk, 1), -1.0)), -1)
+
+    def zeros(cond, shape):
+        return torch.zeros(shape if cond else (0,), dtype=dtype, device=dev)
+
+    dq = zeros(query is not None and need["query"], (nh, t.nq, d))
+    dka = zeros(ops.qa is not None and (need["key"] or need["key_bias"]), None if ops.qa is None else ops.ka.shape)
+    dv = zeros(need["value"], ops.v.shape)
+    dbx = zeros(bias_x is not None and need["bias_x"], (nh, t.nq, t.wk))
+    dby = zeros(bias_y is not None and need["bias_y"], (nh, t.nq, t.hk))
+    s_bufs, d_bufs = _buffers(plan, t, dtype, dev), _buffers(plan, t, dtype, dev)
+
+    def work(blk, slot):
+        hs, rs = blk.heads, blk.rows
+        p = _softmax_(ops.scores(s_bufs[slot], blk))
+        if dv.numel():
+            dv[hs].baddbmm_(p.transpose(1, 2), d_out[hs, rs])
+        ds = d_bufs[slot][: p.numel()].view(p.shape)
+        torch.bmm(d_out_a[hs, rs], v_a[hs].transpose(1, 2), out=ds)
+        ds.mul_(p)  # dS = P * (dP - delta)
+        if dq.numel():
+            torch.bmm(ds, ops.k[hs], out=dq[hs, rs])
+        if dka.numel():  # [dk, dc]: the ones column of qa sums dS over the queries
+            dka[hs].baddbmm_(ds.transpose(1, 2), ops.qa[hs, rs])
+        grid = ds.view(*ds.shape[:2], t.hk, t.wk)
+        if dbx.numel():
+            torch.sum(grid, 2, out=dbx[hs, rs])
+        if dby.numel():
+            torch.sum(grid, 3, out=dby[hs, rs])
+
+    _run(plan, work, dev.type)
+    return dq, dka, dv, dbx, dby
+
+
+@_backward_op.register_fake
+def _(grad, out, value, query, key, key_bias, bias_x, bias_y, window_x, window_y, hq, wq, hk, wk, elements,
+      needs):
+    nh, nq, nk = out.shape[0], hq * wq, hk * wk
+    need = dict(zip(_GRADS, needs))
+    width = (0 if query is None else query.shape[-1]) + (key_bias is not None)
+
+    def empty(cond, *shape):
+        return out.new_empty(shape if cond else (0,))
+
+    return (empty(query is not None and need["query"], nh, nq, 0 if query is None else query.shape[-1]),
+            empty(width > 0 and (need["key"] or need["key_bias"]), nh, nk, width),
+            empty(need["value"], nh, nk, value.shape[-1]),
+            empty(bias_x is not None and need["bias_x"], nh, nq, wk),
+            empty(bias_y is not None and need["bias_y"], nh, nq, hk))
+
+
+def _setup_context(ctx, inputs, output):
+    ctx.save_for_backward(*inputs[:8], output)
+    ctx.sizes = inputs[8:]  # hq, wq, hk, wk, elements
+
+
+def _backward(ctx, grad):
+    value, query, key, key_bias, bias_x, bias_y, window_x, window_y, out = ctx.saved_tensors
+    inputs = (query, key, value, key_bias, bias_x, bias_y)
+    needs = [x is not None and ctx.needs_input_grad[i] for i, x in zip((1, 2, 0, 3, 4, 5), inputs)]
+    dq, dka, dv, dbx, dby = _backward_op(grad, out, value, query, key, key_bias, bias_x, bias_y, window_x,
+                                         window_y, *ctx.sizes, needs)
+    d = 0 if query is None else query.shape[-1]
+    dk = dka[..., :d] if needs[1] else None
+    dc = dka[..., -1] if needs[3] else None
+
+    def cast(g, ref, need):
+        return g.view(ref.shape).to(ref.dtype) if need else None
+
+    grads = [cast(g, x, n) for g, x, n in zip((dq, dk, dv, dc, dbx, dby), inputs, needs)]
+    dq, dk, dv, dc, dbx, dby = grads
+    return dv, dq, dk, dc, dbx, dby, None, None, None, None, None, None, None
+
+
+_forward_op.register_autograd(_backward, setup_context=_setup_context)
 
 
 def chunked_attention(t: Terms, elements: int | None = None) -> Tensor:
@@ -236,5 +303,6 @@ def chunked_attention(t: Terms, elements: int | None = None) -> Tensor:
 
     ``elements``: scores per block (default ``BLOCK_ELEMENTS``); any value gives the same result.
     """
-    return _ChunkedAttention.apply(t, elements, t.query, t.key, t.value, t.key_bias, t.full_bias_x(),
-                                   t.full_bias_y())
+    out = _forward_op(t.value, t.query, t.key, t.key_bias, t.full_bias_x(), t.full_bias_y(), t.window_x,
+                      t.window_y, t.hq, t.wq, t.hk, t.wk, elements or 0)
+    return out.view(t.batch, t.heads, t.nq, t.value.shape[-1]).to(t.value.dtype)

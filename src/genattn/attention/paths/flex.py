@@ -17,6 +17,9 @@ Where it runs:
 * CPU with gradients (FlexAttention has no CPU backward): the same ``score_mod``/``mask_mod`` evaluated on the
   dense ``[N, h, Nq, Nk]`` score grid, which materialises like ``'materialize'``. This is how CI checks the
   logic CUDA users run, gradients included, against the float64 oracle; ``'auto'`` never picks flex on a CPU.
+* Inside a graph the caller compiles (``torch.compile`` of the module or the model): FlexAttention is traced
+  into that graph and compiled with it; on a CPU, a graph with symbolic (dynamic) sizes evaluates the mods on
+  the dense grid instead, for the reason above.
 """
 
 from __future__ import annotations
@@ -126,11 +129,18 @@ def flex_attention_path(t: Terms) -> Tensor:
     score_mod, mask_mod = _mods(t)
     grads = torch.is_grad_enabled() and any(
         x is not None and x.requires_grad for x in (t.value, t.query, t.key, t.key_bias, t.bias_x, t.bias_y))
-    if dev.type == "cpu" and grads:
+    # Inside a graph compiled with dynamic shapes the map sizes are symbolic, and torch 2.14's CPU kernel does
+    # not compile with them (see the module docstring): such a graph evaluates the mods on the dense grid too.
+    symbolic = any(isinstance(s, torch.SymInt) for s in (n, t.hq, t.wq, t.hk, t.wk))
+    if dev.type == "cpu" and (grads or symbolic):
         return _dense(q, k, v, score_mod, mask_mod)[..., :dv]
     block_mask = None
     if mask_mod is not None:
         block_mask = create_block_mask(mask_mod, None, None, t.nq, t.nk, device=dev)
+    if torch.compiler.is_compiling():  # inside the caller's graph, which compiles FlexAttention with it
+        from torch.nn.attention.flex_attention import flex_attention
+
+        return flex_attention(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0)[..., :dv]
     limit = "recompile_limit" if hasattr(torch._dynamo.config, "recompile_limit") else "cache_size_limit"  # < 2.7
     with torch._dynamo.config.patch(**{limit: RECOMPILE_LIMIT}):
         out = _compiled_flex(dev.type == "cuda")(q, k, v, score_mod=score_mod, block_mask=block_mask, scale=1.0)
