@@ -1,10 +1,12 @@
 """Mid-epoch checkpoints, SIGTERM and SIGKILL: a resumed run ends with the weights of an uninterrupted one."""
 
+import json
 import multiprocessing
 import os
 import signal
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -12,6 +14,7 @@ import torch
 import genattn.engine.train as train_module
 from tiny_setup import ToyDetector, make_coco, tiny_recipe
 from genattn.engine.checkpoint import find_latest
+from genattn.engine.logger import drop_records_after
 from genattn.engine.preemption import CheckpointPolicy, Preempted, StopRequest, ignore_stop_signals
 from genattn.engine.train import train
 from genattn.models.weights import load_file
@@ -35,6 +38,12 @@ def _assert_same_run(a_path, b_path):
         assert torch.equal(a["model"][key], b["model"][key]), key
     for key, state in a["optimizer"]["state"].items():
         assert torch.equal(state["momentum_buffer"], b["optimizer"]["state"][key]["momentum_buffer"]), key
+
+
+def _log(work_dir):
+    """log.json without its timing fields (the losses of an exact resume are the uninterrupted run's)."""
+    records = [json.loads(line) for line in (work_dir / "log.json").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k not in ("time", "data_time", "memory")} for r in records]
 
 
 @pytest.fixture(scope="module")
@@ -130,6 +139,8 @@ def test_sigkill_after_a_mid_epoch_checkpoint_then_resume_exactly(reference, tmp
                     progress=False)
     assert resumed["iter"] == 8
     _assert_same_run(whole, resumed["checkpoint"])
+    # iteration 7, logged before the kill and run again, appears once
+    assert _log(tmp_path) == _log(Path(whole).parent)
 
 
 def _train_in_a_job(root, work_dir):
@@ -225,3 +236,15 @@ def test_stop_request_only_sets_a_flag_and_restores_the_handler():
     thread.start()
     thread.join()
     assert seen == [{}]  # outside the main thread no handler is set (Python forbids it)
+
+
+def test_dropping_log_records_after_a_checkpoint(tmp_path):
+    path = tmp_path / "log.json"
+    records = [{"env_info": "x"}, {"mode": "train", "epoch": 1, "iter": 4}, {"mode": "val", "epoch": 1, "iter": 4},
+               {"mode": "train", "epoch": 2, "iter": 2}, {"mode": "val", "epoch": 2, "iter": 2}]
+    text = "".join(json.dumps(r) + "\n" for r in records)
+    path.write_text(text + '{"mode": "train", "ep')  # a kill while the last line was written
+    # 4 iterations per epoch, checkpoint after iteration 5 (epoch 2, iteration 1)
+    assert drop_records_after(path, 4, 5) == 3
+    assert path.read_text() == "".join(json.dumps(r) + "\n" for r in records[:3])
+    assert drop_records_after(path, 4, 5) == 0 and drop_records_after(tmp_path / "none.json", 4, 5) == 0

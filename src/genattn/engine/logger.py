@@ -4,6 +4,9 @@ Train lines: ``{"mode": "train", "epoch": e (1-based), "iter": i (1-based, withi
 (MB: CUDA peak allocated, or the process's peak resident size on CPU), "data_time", "time" (s/iter, means over
 the interval), "loss_rpn_cls", ..., "loss"}``. Validation lines: ``{"mode": "val", "epoch", "iter", "lr",
 "bbox_mAP", "bbox_mAP_50", "bbox_mAP_75", "bbox_mAP_s", "bbox_mAP_m", "bbox_mAP_l"}``.
+
+A resumed run appends to the same file after :func:`drop_records_after` has removed what the stopped run logged
+past its checkpoint, so that every iteration appears once, as in an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 import torch
 
-__all__ = ["JsonLogger", "memory_mb", "reset_peak_memory", "VAL_KEYS"]
+__all__ = ["JsonLogger", "drop_records_after", "memory_mb", "reset_peak_memory", "VAL_KEYS"]
 
 logger = logging.getLogger(__name__)
 
@@ -42,6 +45,43 @@ def memory_mb(device: torch.device) -> int:
         return int(torch.cuda.max_memory_allocated(device) / 2**20)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KB on Linux, bytes on macOS
     return int(peak / (2**20 if sys.platform == "darwin" else 2**10))
+
+
+def drop_records_after(path: str | os.PathLike, iters_per_epoch: int, last_iter: int) -> int:
+    """Remove from the log file ``path`` the train and val records of iterations after ``last_iter``.
+
+    A record's iteration is ``(epoch - 1) * iters_per_epoch + iter``; ``iters_per_epoch`` and ``last_iter`` are
+    those of the run that wrote the records (a checkpoint's). A torn last line (a kill while it was written) is
+    removed too; other lines are kept as they are. The file is replaced atomically, and only if something is
+    removed. Returns the number of lines removed.
+    """
+    path = Path(path)
+    if not path.exists():
+        return 0
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True)
+    kept, dropped = [], 0
+    for line in lines:
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if not line.endswith("\n"):  # the last line, torn by a kill while it was written
+                dropped += 1
+                continue
+            record = None
+        try:
+            position = (int(record["epoch"]) - 1) * iters_per_epoch + int(record["iter"])
+        except (ValueError, TypeError, KeyError):  # not a record of an iteration: keep it
+            kept.append(line)
+            continue
+        if position > last_iter:
+            dropped += 1
+        else:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    if dropped:
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(kept), encoding="utf-8")
+        os.replace(tmp, path)
+    return dropped
 
 
 class JsonLogger:

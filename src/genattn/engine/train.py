@@ -30,7 +30,7 @@ from genattn.engine.build import DataFiles, check_categories, dataset_classes, s
 from genattn.engine.checkpoint import (find_latest, load_training_checkpoint, prune_iter_checkpoints, rng_state,
                                        save_checkpoint, set_rng_state)
 from genattn.engine.evaluate import autocast, evaluate, format_metrics, unwrap_loader_error
-from genattn.engine.logger import VAL_KEYS, JsonLogger, memory_mb, reset_peak_memory
+from genattn.engine.logger import VAL_KEYS, JsonLogger, drop_records_after, memory_mb, reset_peak_memory
 from genattn.engine.preemption import CheckpointPolicy, Preempted, ignore_stop_signals
 from genattn.engine.recipes import Recipe
 from genattn.engine.runlog import run_logging
@@ -264,6 +264,11 @@ def _resume(path: Path, run: _Run) -> None:
     else:
         seed_everything(int(ckpt["recipe"]["seed"]) + st.iter + du.get_rank())
     logger.info("resumed from %s: epoch %d, iteration %d", path, st.epoch, st.iter)
+    if du.is_main_process():  # the stopped run may have logged iterations after its checkpoint: they run again
+        dropped = drop_records_after(run.work_dir / "log.json", ckpt["meta"]["iters_per_epoch"], ckpt["iter"])
+        if dropped:
+            logger.info("log.json: removed %d record(s) of iterations after the checkpoint (logged before the "
+                        "run stopped; they are run and logged again)", dropped)
 
 
 def _save(run: _Run, tag: str) -> None:
