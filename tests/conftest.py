@@ -13,3 +13,24 @@ def _one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture
+def eager_compile(monkeypatch):
+    """``torch.compile`` as the ``--compile`` options call it, with dynamo's ``eager`` backend (the graphs are
+    traced, guarded and run, but no code is generated: seconds instead of minutes). Yields the number of graphs
+    compiled so far, as a one-element list."""
+    real = torch.compile
+    graphs = [0]
+
+    def backend(gm, example_inputs):
+        graphs[0] += 1
+        return gm.forward
+
+    def compile(model, **kwargs):
+        return real(model, backend=backend, **kwargs)
+
+    torch._dynamo.reset()
+    monkeypatch.setattr(torch, "compile", compile)
+    yield graphs
+    torch._dynamo.reset()

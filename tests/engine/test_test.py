@@ -37,3 +37,13 @@ def test_foreign_checkpoints_predict_the_datasets_categories(trained, tiny_coco,
         engine_test.test(trained, model="faster_rcnn_r50_fpn_1x_coco", data_root=tiny_coco, progress=False)
     with pytest.raises(ValueError, match=r"^checkpoint .*missing\.pth: not found$"):
         engine_test.test(tmp_path / "missing.pth", data_root=tiny_coco, progress=False)
+
+
+def test_compiled_evaluation_equals_eager(trained, tiny_coco, tmp_path, eager_compile):
+    want = engine_test.test(trained, data_root=tiny_coco, workers=0, out_file=tmp_path / "eager.json",
+                            progress=False)
+    got = engine_test.test(trained, data_root=tiny_coco, workers=0, out_file=tmp_path / "compiled.json",
+                           compile=True, progress=False)
+    assert eager_compile[0] > 0  # the detector ran as dynamo graphs
+    assert got["num_detections"] == want["num_detections"] > 0
+    assert got["AP"] == pytest.approx(want["AP"], abs=1e-6)

@@ -42,7 +42,8 @@ class BenchResult:
     """One model's benchmark (:func:`benchmark`); :meth:`to_dict` gives its JSON form.
 
     ``backbone`` is the backbone's label ('R-50'); ``impl`` the attention path the model computed with ('auto',
-    'materialize' for the original algorithm, ...; None without attention).
+    'materialize' for the original algorithm, ...; None without attention).  ``compiled``: timed through ``torch.compile``;
+    ``first_call_s``: the first (untimed warm-up) call, which includes a compiled model's compilation.
     """
 
     model: str
@@ -61,6 +62,8 @@ class BenchResult:
     mem_method: str | None
     torch: str
     amp: str = "none"
+    compiled: bool = False
+    first_call_s: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -110,16 +113,21 @@ def inference_speed(model: torch.nn.Module, images: Sequence[torch.Tensor], *, w
         amp: 'none', 'bf16' or 'fp16': the calls run under autocast.
 
     Returns:
-        ``{'median_s', 'fps', 'times_s'}``.
+        ``{'median_s', 'fps', 'times_s', 'warmup_s'}`` (``warmup_s``: the untimed calls' times; the first one
+        includes a ``torch.compile``'d model's compilation).
     """
     if not images:
         raise ValueError("inference_speed needs at least one image")
     device = images[0].device
     model.eval()
+    warmup_times = []
     for i in range(max(warmup, 0)):
+        _sync(device)
+        start = time.perf_counter()
         with autocast(device, amp):
             model([images[i % len(images)]])
-    _sync(device)
+        _sync(device)
+        warmup_times.append(time.perf_counter() - start)
     times = []
     for image in tqdm(images, desc="bench", unit="img", disable=not progress, dynamic_ncols=True, leave=False):
         _sync(device)
@@ -129,7 +137,7 @@ def inference_speed(model: torch.nn.Module, images: Sequence[torch.Tensor], *, w
         _sync(device)
         times.append(time.perf_counter() - start)
     median = statistics.median(times)
-    return {"median_s": median, "fps": 1.0 / median, "times_s": times}
+    return {"median_s": median, "fps": 1.0 / median, "times_s": times, "warmup_s": warmup_times}
 
 
 @torch.inference_mode()
@@ -291,7 +299,7 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
               impl: str | None = None, device: str | torch.device | None = None, num_images: int = 20, warmup: int = 3,
               input_size: tuple[int, int] = (480, 640), images: Sequence[torch.Tensor] | None = None,
               memory_steps: int = 3, batch_size: int = 2, threads: int | None = None,
-              progress: bool = False, amp: str = "none") -> BenchResult:
+              progress: bool = False, amp: str = "none", compile: bool = False) -> BenchResult:
     """Inference speed and training memory of one model.
 
     Args:
@@ -313,7 +321,11 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
         threads: CPU threads (default: torch's current setting).
         progress: show a progress bar while timing.
         amp: 'none', 'bf16' or 'fp16': both measurements under autocast.
+        compile: time ``torch.compile(model)`` (default backend, inductor); the first warm-up call compiles and
+            is reported as ``first_call_s`` (needs ``warmup >= 1``). The memory is eager training's.
     """
+    if compile and warmup < 1:
+        raise ValueError("benchmark: compile needs warmup >= 1 (the first call compiles and must not be timed)")
     dev = _device(device)
     autocast(dev, amp)  # an amp the device cannot run is an error before anything is built
     if threads:
@@ -333,17 +345,19 @@ def benchmark(model: str | ModelConfig | torch.nn.Module, *, config: ModelConfig
         timed = [torch.randint(0, 256, (3, *input_size), generator=gen, dtype=torch.uint8).to(dev)
                  for _ in range(min(num_images, 4))]
         timed = [timed[i % len(timed)] for i in range(num_images)]
-    speed = inference_speed(net, timed, warmup=warmup, progress=progress, amp=amp)
+    speed = inference_speed(torch.compile(net) if compile else net, timed, warmup=warmup, progress=progress,
+                            amp=amp)
     memory: dict[str, Any] = {"mem_gb": None, "mem_method": None}
     if memory_steps > 0:
         mem_size = tuple(timed[0].shape[-2:]) if images else input_size
         memory = training_memory(config, Classes(net.category_ids, net.class_names), device=dev, steps=memory_steps,
                                  batch_size=batch_size, input_size=mem_size, threads=threads, amp=amp)
-    return bench_result(config, dev, speed, memory, warmup=warmup, input_size=tuple(timed[0].shape[-2:]), amp=amp)
+    return bench_result(config, dev, speed, memory, warmup=warmup, input_size=tuple(timed[0].shape[-2:]), amp=amp,
+                        compiled=compile)
 
 
 def bench_result(config: ModelConfig, device: torch.device, speed: Mapping[str, Any], memory: Mapping[str, Any], *,
-                 warmup: int, input_size: tuple[int, int], amp: str = "none") -> BenchResult:
+                 warmup: int, input_size: tuple[int, int], amp: str = "none", compiled: bool = False) -> BenchResult:
     """The :class:`BenchResult` of ``config`` from a speed measurement (:func:`inference_speed`) and a memory one
     (:func:`training_memory`, or ``{'mem_gb': None, 'mem_method': None}``)."""
     attention = config.backbone.attention_cfg if config.attention_type else None
@@ -353,7 +367,8 @@ def bench_result(config: ModelConfig, device: torch.device, speed: Mapping[str, 
                        num_images=len(speed["times_s"]), warmup=warmup, input_size=tuple(input_size),
                        image_size=(config.min_size, config.max_size), median_ms=speed["median_s"] * 1e3,
                        fps=speed["fps"], torch=torch.__version__, amp=amp, mem_gb=memory["mem_gb"],
-                       mem_method=memory["mem_method"])
+                       mem_method=memory["mem_method"], compiled=compiled,
+                       first_call_s=speed["warmup_s"][0] if speed.get("warmup_s") else None)
 
 
 def format_result(result: BenchResult) -> str:
@@ -362,7 +377,8 @@ def format_result(result: BenchResult) -> str:
              f"device:    {result.device} ({result.device_name})",
              f"inference: {result.fps:.2f} fps (median {result.median_ms:.1f} ms over {result.num_images}"
              f" images of {result.input_size[0]}x{result.input_size[1]}, batch 1, {result.warmup} warm-up"
-             + (f", autocast {result.amp}" if result.amp != "none" else "") + ")"]
+             + (f", autocast {result.amp}" if result.amp != "none" else "")
+             + (f", torch.compile: first call {result.first_call_s:.1f} s" if result.compiled else "") + ")"]
     if result.mem_gb is not None:
         lines.append(f"memory:    {result.mem_gb:.3f} GB peak in training ({result.mem_method})")
     return "\n".join(lines)

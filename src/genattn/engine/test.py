@@ -27,7 +27,8 @@ def test(checkpoint: str | os.PathLike, *, model: str | ModelConfig | None = Non
          changes: Mapping[str, Any] | Sequence[str] = (), impl: str | None = None, data_root: str | os.PathLike | None = None,
          ann_file: str | os.PathLike | None = None, img_dir: str | os.PathLike | None = None,
          split: str = "val2017", out_file: str | os.PathLike | None = None, batch_size: int = 1,
-         workers: int = 2, device: str = "auto", amp: str = "none", progress: bool = True) -> dict[str, Any]:
+         workers: int = 2, device: str = "auto", amp: str = "none", compile: bool = False,
+         progress: bool = True) -> dict[str, Any]:
     """Load a detector from a checkpoint and compute its COCO box AP; works alone and under ``torchrun``.
 
     The checkpoint says which model it holds (a genattn file records it, an MMDetection file's config text
@@ -46,6 +47,8 @@ def test(checkpoint: str | os.PathLike, *, model: str | ModelConfig | None = Non
         out_file: COCO results JSON to write; default ``<checkpoint stem>_<split>.bbox.json`` next to a local
             checkpoint, else in the current folder.
         batch_size, workers, device, amp: evaluation settings (MMDetection tests with batch 1).
+        compile: run the detector through ``torch.compile`` (the first image compiles; the second image size
+            recompiles with dynamic sizes, later sizes reuse that graph).
         progress: progress bar on rank 0.
 
     Returns:
@@ -66,7 +69,7 @@ def test(checkpoint: str | os.PathLike, *, model: str | ModelConfig | None = Non
             logger.info("testing %s (%s) on %s: %d images, %d read as stored (annotated without their EXIF "
                         "orientation)", checkpoint, config.name, ann, len(dataset),
                         dataset.stats["exif_orientation_ignored"])
-            metrics = evaluate(net, dataset, batch_size=batch_size, num_workers=workers, device=dev, amp=amp,
+            metrics = evaluate(torch.compile(net) if compile else net, dataset, batch_size=batch_size, num_workers=workers, device=dev, amp=amp,
                                out_file=out_file, progress=progress)
             if metrics.get("per_class"):
                 logger.info("%s", format_metrics(metrics))
