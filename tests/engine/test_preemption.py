@@ -63,8 +63,9 @@ def reference(tmp_path_factory):
     return root, out["checkpoint"]
 
 
-def _hook_forward(monkeypatch_or_none, at_call, action):
-    """Make the recipe's detector run ``action()`` at the start of its ``at_call``-th training forward pass."""
+def _hook_forward(monkeypatch_or_none, at_call, action, training=True):
+    """Make the recipe's detector run ``action()`` at the start of its ``at_call``-th training forward pass
+    (evaluation pass with ``training=False``)."""
     real = train_module.load_model
 
     def load_model(*args, **kwargs):
@@ -72,7 +73,7 @@ def _hook_forward(monkeypatch_or_none, at_call, action):
         calls = [0]
 
         def hook(module, inputs):
-            if module.training:
+            if module.training == training:
                 calls[0] += 1
                 if calls[0] == at_call:
                     action()
@@ -167,6 +168,32 @@ def test_sigterm_to_every_process_of_the_job_including_loader_workers(reference,
     child.join(timeout=120)
     assert child.exitcode == 75
     assert find_latest(tmp_path) == tmp_path / "iter_2.pth"
+
+
+def _evaluate_in_a_job(root, work_dir):
+    os.setpgrp()
+    # Workers started afresh inherit no handler: only worker_init_fn keeps them alive through a SIGTERM.
+    torch.multiprocessing.set_start_method("spawn", force=True)
+    # The second validation image: both loader workers have started, and more images are still to come.
+    _hook_forward(None, 2, lambda: os.killpg(0, signal.SIGTERM), training=False)
+    try:
+        train(RECIPE.replace(workers=2), data_root=root, work_dir=work_dir, progress=False)
+    except Preempted:
+        os._exit(75)
+    os._exit(0)
+
+
+def test_sigterm_to_the_job_during_an_evaluation(tmp_path):
+    """A SIGTERM while the run evaluates epoch 1: the evaluation's loader workers outlive it, the run stops with
+    the command line's exit status after epoch 1's checkpoint."""
+    root = tmp_path / "data"
+    make_coco(root, "train2017", 8)
+    make_coco(root, "val2017", 4)
+    child = multiprocessing.get_context("fork").Process(target=_evaluate_in_a_job, args=(root, tmp_path / "run"))
+    child.start()
+    child.join(timeout=180)
+    assert child.exitcode == 75
+    assert find_latest(tmp_path / "run") == tmp_path / "run" / "epoch_1.pth"
 
 
 def _ignore_then_sigterm():

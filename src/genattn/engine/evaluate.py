@@ -19,6 +19,7 @@ from pycocotools.cocoeval import COCOeval
 from genattn.data import CocoDetection, ShardedSampler, collate
 from genattn.engine import distributed as du
 from genattn.engine.checkpoint import atomic_write_text
+from genattn.engine.preemption import ignore_stop_signals
 
 __all__ = ["evaluate", "coco_evaluate", "detections_to_coco", "format_metrics", "autocast", "METRIC_NAMES",
            "unwrap_loader_error"]
@@ -160,9 +161,11 @@ def evaluate(model: torch.nn.Module, dataset: CocoDetection, *, batch_size: int 
     net.eval()
     sampler = ShardedSampler(len(dataset))
     # Pinned batches make the non_blocking copies below asynchronous on CUDA; pinning needs an accelerator.
+    # The workers ignore SIGTERM as the training loader's do: a scheduler's SIGTERM during a training run's
+    # evaluation must reach the training process's handler (checkpoint, exit 75), not kill the workers under it.
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, sampler=sampler, collate_fn=collate,
                                          num_workers=num_workers, generator=torch.Generator(),
-                                         pin_memory=device.type == "cuda")
+                                         pin_memory=device.type == "cuda", worker_init_fn=ignore_stop_signals)
     results: list[dict] = []
     bar = None
     if progress and du.is_main_process():
