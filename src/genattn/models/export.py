@@ -13,8 +13,9 @@ resize would be the example's. The exporter writes Python float arithmetic on si
 resize rule rounds ``side * scale + 0.5`` in float64 (Python's float, as MMDetection's), and float32 gives another
 size for some images (e.g. 29x2494 -> 16x1333 instead of 15x1333), so the translations of those few operations
 are replaced by float64 ones (:func:`_float64_symbols`, which also fixes Python's floor division of sizes).
-torchvision's ``nms`` and ``roi_align`` become ONNX's ``NonMaxSuppression`` and ``RoiAlign``; deformable
-convolution becomes ``DeformConv``.
+NMS (genattn's ``genattn::nms``, torchvision's underneath) and torchvision's ``roi_align`` become ONNX's
+``NonMaxSuppression`` and ``RoiAlign``; deformable convolution becomes ``DeformConv``. A saved program holds
+``genattn::nms``: load it with :func:`load_program` (or import :mod:`genattn.models` first).
 
 Attention blocks run a path that traces into plain tensor operations: ``'auto'`` becomes ``key_only`` or
 ``separable`` where they apply and ``sdpa`` otherwise (the same result up to rounding; ``chunked`` runs Python
@@ -149,9 +150,11 @@ def load_program(path: str | os.PathLike) -> nn.Module:
 
 
 def _float64_symbols() -> dict:
-    """ONNX translations that replace the exporter's: Python's arithmetic on sizes in float64 (the exporter's
-    own use float32) and with Python's floor division, and a tensor modulo a symbolic size."""
+    """ONNX translations that replace or add to the exporter's: Python's arithmetic on sizes in float64 (the
+    exporter's own use float32) and with Python's floor division, a tensor modulo a symbolic size, and
+    genattn's NMS operator."""
     from onnxscript import opset18 as op
+    from onnxscript.function_libs.torch_lib.ops.vision import torchvision_nms
     from onnxscript.onnx_types import DOUBLE
 
     def sym_float(self):
@@ -177,8 +180,10 @@ def _float64_symbols() -> dict:
         other = op.CastLike(other, self)
         return op.Div(op.Sub(self, op.Mod(self, other)), other)
 
+    # genattn's NMS operator (genattn.models.nms) as the exporter translates torchvision's: NonMaxSuppression.
     return {torch.sym_float: sym_float, operator.truediv: truediv, operator.add: add, operator.mul: mul,
-            operator.floordiv: floordiv, torch.ops.aten.remainder.Scalar: remainder}
+            operator.floordiv: floordiv, torch.ops.aten.remainder.Scalar: remainder,
+            torch.ops.genattn.nms.default: torchvision_nms}
 
 
 def require_onnx() -> None:

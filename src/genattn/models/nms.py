@@ -11,24 +11,32 @@ module always shifts, with mmcv's offset ``group * (max coordinate + 1)``.
 from __future__ import annotations
 
 import torch
+import torchvision
 from torch import Tensor
-from torchvision.ops import nms
 
-__all__ = ["batched_nms"]
+__all__ = ["batched_nms", "nms"]
 
 
-@torch.library.register_fake("torchvision::nms")  # replaces torchvision's (imported above with torchvision.ops)
-def _nms_fake(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
-    """Shape of ``nms``'s result in a traced graph: a data-dependent count that may be 0 or 1.
+@torch.library.custom_op("genattn::nms", mutates_args=())
+def nms(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
+    """``torchvision.ops.nms`` as genattn's own operator, for its shape rule in traced graphs (below).
 
-    torchvision 0.29's own fake implementation makes that count with ``create_unbacked_symint()``, whose lower
-    bound is 2, so an exported graph asserts that NMS keeps at least two boxes and fails at run time on an image
-    with fewer detections.
+    torchvision's fake implementation of ``torchvision::nms`` makes the number of kept boxes with
+    ``create_unbacked_symint()``, whose lower bound is 2: an exported graph then asserts that NMS keeps at least
+    two boxes and fails at run time on an image with fewer detections. Replacing that rule on torchvision's
+    operator is refused by torch 2.9 (torchvision names the module of its fake implementations), and would change
+    torchvision for everyone in the process; an operator of our own changes nothing else. ONNX export translates
+    it to ``NonMaxSuppression`` as torchvision's (:mod:`genattn.models.export`).
     """
+    return torchvision.ops.nms(boxes, scores, iou_threshold)
+
+
+@nms.register_fake
+def _nms_fake(boxes: Tensor, scores: Tensor, iou_threshold: float) -> Tensor:
     torch._check(boxes.dim() == 2 and boxes.size(1) == 4, lambda: f"boxes: expected [K, 4], got {boxes.shape}")
     torch._check(scores.dim() == 1 and scores.size(0) == boxes.size(0),
                  lambda: f"scores: expected [{boxes.size(0)}], got {scores.shape}")
-    count = torch.library.get_ctx().new_dynamic_size()
+    count = torch.library.get_ctx().new_dynamic_size()  # 0 or more
     return boxes.new_empty(count, dtype=torch.long)
 
 
