@@ -39,6 +39,9 @@ from genattn.models.weights import _atomic
 __all__ = ["ImageDetector", "export_program", "save_program", "load_program", "export_onnx", "require_onnx",
            "example_image", "EXPORTABLE_IMPLS"]
 
+#: The oldest torch release export is tested with (torch 2.9.1 fails; releases between were not tried).
+TESTED_TORCH = (2, 14)
+
 #: Attention paths that trace into tensor operations (``'auto'`` is mapped onto one of them).
 EXPORTABLE_IMPLS = ("materialize", "sdpa", "key_only", "separable")
 
@@ -130,7 +133,19 @@ def export_program(model: nn.Module, example: Tensor | None = None) -> torch.exp
     dims = {1: torch.export.Dim.DYNAMIC, 2: torch.export.Dim.DYNAMIC}
     with _exportable(model), warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # the exporter's notes on internal decompositions
-        return torch.export.export(ImageDetector(model), (example,), dynamic_shapes={"image": dims})
+        try:
+            return torch.export.export(ImageDetector(model), (example,), dynamic_shapes={"image": dims})
+        except Exception as e:
+            if _torch_release() >= TESTED_TORCH:
+                raise
+            raise RuntimeError(f"torch.export failed with torch {torch.__version__} ({type(e).__name__}: {e}); "
+                               f"genattn's export is tested with torch {'.'.join(map(str, TESTED_TORCH))} "
+                               "(torch 2.9.1 fails while tracing the image-size arithmetic): upgrade torch") from e
+
+
+def _torch_release() -> tuple[int, int]:
+    major, minor = torch.__version__.split(".")[:2]
+    return int(major), int(minor)
 
 
 def save_program(program: torch.export.ExportedProgram, path: str | os.PathLike) -> Path:
