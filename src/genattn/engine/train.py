@@ -13,6 +13,7 @@ mid-epoch or not, ends with the same weights as an uninterrupted one, whatever t
 from __future__ import annotations
 
 import datetime
+import gc
 import logging
 import os
 import time
@@ -138,7 +139,12 @@ def train(recipe: Recipe, *, data_root: str | os.PathLike | None = None,
                 if resume is None:
                     logger.info("auto-resume: no checkpoint in %s, starting afresh", work_dir)
             run = _setup(recipe, device, work_dir, files, resume, model)
-            _loop(run, progress and rank == 0)
+            try:
+                _loop(run, progress and rank == 0)
+            except Preempted:
+                _release_group(run)  # every process stopped after the same iteration
+                raise
+            _release_group(run)
             st = run.state
             logger.info("done: %d epochs, %d iterations; last checkpoint %s", st.epoch, st.iter, st.checkpoint)
             return {"work_dir": str(work_dir), "checkpoint": st.checkpoint, "epoch": st.epoch, "iter": st.iter,
@@ -147,6 +153,17 @@ def train(recipe: Recipe, *, data_root: str | os.PathLike | None = None,
     finally:
         if created_group:
             torch.distributed.destroy_process_group()
+
+
+def _release_group(run: _Run) -> None:
+    """Free the DDP wrapper, whose reducer holds the process group, while every process is still in the group, and
+    wait for all of them before the group is destroyed. With torch 2.9.1's gloo, half of the two-process runs hung
+    in the group's destructor when one process freed its wrapper after the other had destroyed the group. Call it
+    only where every process arrives (a finished run, an agreed stop)."""
+    if du.is_distributed():
+        run.net = run.model
+        gc.collect()  # the wrapper and its reducer may sit in reference cycles
+        du.barrier()
 
 
 def _setup(recipe: Recipe, device: torch.device, work_dir: Path, files: DataFiles, resume, model) -> _Run:
