@@ -42,8 +42,9 @@ class BenchResult:
     """One model's benchmark (:func:`benchmark`); :meth:`to_dict` gives its JSON form.
 
     ``backbone`` is the backbone's label ('R-50'); ``impl`` the attention path the model computed with ('auto',
-    'materialize' for the original algorithm, ...; None without attention).  ``compiled``: timed through ``torch.compile``;
-    ``first_call_s``: the first (untimed warm-up) call, which includes a compiled model's compilation.
+    'materialize' for the original algorithm, ...; None without attention). ``compiled``: timed through
+    ``torch.compile``; ``first_call_s``: the first (untimed warm-up) call, which includes a compiled model's
+    compilation.
     """
 
     model: str

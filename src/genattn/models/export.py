@@ -138,9 +138,10 @@ def export_program(model: nn.Module, example: Tensor | None = None) -> torch.exp
         except Exception as e:
             if _torch_release() >= TESTED_TORCH:
                 raise
-            raise RuntimeError(f"torch.export failed with torch {torch.__version__} ({type(e).__name__}: {e}); "
-                               f"genattn's export is tested with torch {'.'.join(map(str, TESTED_TORCH))} "
-                               "(torch 2.9.1 fails while tracing the image-size arithmetic): upgrade torch") from e
+            first_line = (str(e).strip().splitlines() or [""])[0]
+            raise RuntimeError(f"torch.export failed with torch {torch.__version__} ({type(e).__name__}: "
+                               f"{first_line}); genattn's export is tested with torch "
+                               f"{'.'.join(map(str, TESTED_TORCH))} (torch 2.9.1 fails): upgrade torch") from e
 
 
 def _torch_release() -> tuple[int, int]:
