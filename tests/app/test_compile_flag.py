@@ -52,3 +52,9 @@ def test_bench_compiled_reports_its_first_call(tmp_path, eager_compile, capsys):
     # the first call compiles: it cannot be a timed one
     err = one_error_line(capsys, main(["bench", BASE, *TINY, "--warmup", "0", "--compile"]))
     assert "compile needs warmup >= 1" in err
+
+
+def test_train_has_no_compile_flag(capsys):
+    # only the inference subcommands compile; train refuses the flag rather than ignoring it
+    err = one_error_line(capsys, main(["train", BASE, "--data", "shapes", "--compile"]))
+    assert "unrecognized arguments: --compile" in err

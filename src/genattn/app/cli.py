@@ -136,9 +136,9 @@ def _load(args):
 
 
 def _cmd_detect(args) -> int:
-    from genattn.app.detect import detect_images, image_files
-
     import torch
+
+    from genattn.app.detect import detect_images, image_files
 
     files = image_files(args.images)  # an input that names nothing fails before the model is built
     model = _load(args)

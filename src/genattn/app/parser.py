@@ -53,8 +53,11 @@ def _add_impl(p: argparse.ArgumentParser) -> None:
 
 
 def _add_amp(p: argparse.ArgumentParser, what: str) -> None:
-    """--amp, and --compile beside it (the subcommands that run a trained model's inference take both)."""
     p.add_argument("--amp", choices=("none", "bf16", "fp16"), help=what)
+
+
+def _add_compile(p: argparse.ArgumentParser) -> None:
+    """--compile, for the subcommands that run a model's inference (test, bench, detect)."""
     p.add_argument("--compile", action="store_true",
                    help="run the model through torch.compile: the first image compiles (minutes for a ResNet-50 on "
                         "a CPU), the second image size recompiles with dynamic sizes, later sizes reuse it")
@@ -138,6 +141,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=2, help="data-loading processes (default 2)")
     p.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto", help="default auto")
     _add_amp(p, "run the model under autocast in bfloat16 or float16 (default none = fp32)")
+    _add_compile(p)
 
     p = add("bench", "inference speed (batch 1, median, fps) and peak training memory (GB)")
     _add_model_options(p)
@@ -151,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threads", type=_positive_int, help="CPU threads (default: torch's)")
     p.add_argument("--json", metavar="FILE", help="also write the result as JSON")
     _add_amp(p, "time and measure under autocast in bfloat16 or float16 (default none = fp32)")
+    _add_compile(p)
 
     p = add("detect", "detect objects: a COCO-style JSON and a PNG per image")
     _add_model_options(p)
@@ -162,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
                    "stderr and skip it)")
     p.add_argument("--no-pictures", action="store_true", help="write only detections.json, no PNGs")
     _add_amp(p, "run the model under autocast in bfloat16 or float16 (default none = fp32)")
+    _add_compile(p)
     p.add_argument("--score-thr", type=float, default=0.3, help="draw detections above this score (default 0.3)")
     p.add_argument("--ignore-orientation", action="store_true",
                    help="use the stored pixels as they are (default: turn photos upright by their EXIF orientation)")
