@@ -69,8 +69,8 @@ def test(checkpoint: str | os.PathLike, *, model: str | ModelConfig | None = Non
             logger.info("testing %s (%s) on %s: %d images, %d read as stored (annotated without their EXIF "
                         "orientation)", checkpoint, config.name, ann, len(dataset),
                         dataset.stats["exif_orientation_ignored"])
-            metrics = evaluate(torch.compile(net) if compile else net, dataset, batch_size=batch_size, num_workers=workers, device=dev, amp=amp,
-                               out_file=out_file, progress=progress)
+            metrics = evaluate(torch.compile(net) if compile else net, dataset, batch_size=batch_size,
+                               num_workers=workers, device=dev, amp=amp, out_file=out_file, progress=progress)
             if metrics.get("per_class"):
                 logger.info("%s", format_metrics(metrics))
             logger.info("detections written to %s", out_file)
