@@ -275,3 +275,27 @@ def test_dropping_log_records_after_a_checkpoint(tmp_path):
     assert drop_records_after(path, 4, 5) == 3
     assert path.read_text() == "".join(json.dumps(r) + "\n" for r in records[:3])
     assert drop_records_after(path, 4, 5) == 0 and drop_records_after(tmp_path / "none.json", 4, 5) == 0
+
+
+_LEAKED_LOADER = """
+import torch
+from genattn.engine.preemption import ignore_stop_signals
+loader = torch.utils.data.DataLoader(list(range(8)), num_workers=2, worker_init_fn=ignore_stop_signals)
+it = iter(loader)  # kept alive until exit, as a traceback kept by a test runner keeps a failed loop's
+next(it)
+print("ready", flush=True)
+"""
+
+
+def test_a_process_with_live_loader_workers_that_ignore_sigterm_still_exits(tmp_path):
+    """multiprocessing stops daemonic children at exit with SIGTERM and waits: the workers ignore it, so genattn
+    kills them first (without that, this process, and a whole pytest session, hung at exit)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "leak.py"
+    script.write_text(_LEAKED_LOADER)
+    start = time.monotonic()
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "ready" in done.stdout, done.stderr
+    assert time.monotonic() - start < 60

@@ -12,7 +12,10 @@ write one and stop by raising :class:`Preempted`. The command line turns that in
 
 from __future__ import annotations
 
+import atexit
 import logging
+import multiprocessing
+import multiprocessing.util  # noqa: F401 - registers its exit handler now, before ours (atexit runs the last first)
 import signal
 import threading
 import time
@@ -85,6 +88,24 @@ def ignore_stop_signals(worker_id: int) -> None:  # noqa: ARG001 - DataLoader's 
     training process is gone."""
     for sig in STOP_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
+
+
+@atexit.register
+def _stop_daemonic_children() -> None:
+    """At this process's exit, stop its daemonic children as multiprocessing does (SIGTERM), then kill those
+    still alive after 2 s: data-loader workers ignore SIGTERM (:func:`ignore_stop_signals`), and multiprocessing's
+    own exit handler, which runs after this one (imported above for that), would wait for them forever. Their
+    loop is over by then; they are alive only when a loader's iterator outlived it (an exception's traceback kept
+    until exit, as pytest keeps a failed test's)."""
+    children = [p for p in multiprocessing.active_children() if p.daemon]
+    for process in children:
+        process.terminate()
+    deadline = time.monotonic() + 2.0
+    for process in children:
+        process.join(max(0.0, deadline - time.monotonic()))
+        if process.is_alive():
+            process.kill()
+            process.join()
 
 
 class CheckpointPolicy:
